@@ -1,0 +1,5 @@
+import sys
+
+from gptoss.cli import main
+
+sys.exit(main())

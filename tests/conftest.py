@@ -1,0 +1,45 @@
+"""Shared test fixtures.
+
+Tests that need the real data in ../shared/data use `shared_data`. When GPTOSS_SHARED_DATA is set
+(.ci/run sets it) a missing file fails the test; without it, the test is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Tests run two at a time (pytest -n 2) on a 2-core machine: one thread each avoids oversubscription.
+torch.set_num_threads(1)
+
+
+def shared_data_path(relative: str) -> Path:
+    """Path of a file under the shared data folder; fails or skips (see module doc) when missing."""
+    configured = os.environ.get("GPTOSS_SHARED_DATA")
+    root = Path(configured) if configured else REPO_ROOT.parent / "shared" / "data"
+    if not root.is_absolute():
+        root = REPO_ROOT / root
+    path = root / relative
+    if not path.exists():
+        message = f"shared data file {path} is missing"
+        if configured:
+            pytest.fail(message + " (GPTOSS_SHARED_DATA is set, so it is required)")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def shakespeare_text() -> str:
+    """The Tiny Shakespeare corpus."""
+    return shared_data_path("tinyshakespeare/input.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def tokenizer_dir() -> Path:
+    """The folder with OpenAI's tokenizer files (vocab.bpe, encoder.json, o200k_base.tiktoken)."""
+    return shared_data_path("tokenizers/o200k_base.tiktoken").parent
