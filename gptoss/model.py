@@ -1,0 +1,465 @@
+"""The model: one decoder-only transformer that is GPT-2 or gpt-oss depending on its GPTConfig.
+
+    token ids (B, T)
+        -> token embedding (+ learned position embedding, GPT-2 only)
+        -> num_layers x Block:  x = x + Attention(Norm(x));  x = x + MLP(Norm(x))
+        -> final Norm -> unembedding (tied to the token embedding in GPT-2)
+        -> logits (B, T, vocab_size)
+
+Every gpt-oss idea is one component here, switched on by the config:
+  Norm:       LayerNorm (GPT-2) | RMSNorm in fp32 (gpt-oss)
+  positions:  learned embedding (GPT-2) | rotary embedding with YaRN scaling (gpt-oss)
+  Attention:  multi-head | grouped-query (fewer k/v heads); full causal | sliding window on even
+              layers; plain softmax | softmax with one learned "sink" logit per head
+  MLP:        GELU feed-forward (GPT-2) | mixture of clamped-SwiGLU experts, top-k routed (gpt-oss)
+
+Parameter names follow Hugging Face's GPT-2 (`transformer.h.0.attn.c_attn.weight`, ...), so GPT-2
+checkpoints map one to one (their Conv1D weights are transposed nn.Linear weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptoss.config import GPTConfig, yarn_concentration
+from gptoss.kv_cache import KVCache, LayerKVCache
+
+
+# ---------------------------------------------------------------------------------------- norms
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (no mean subtraction, no bias), computed in fp32 as gpt-oss does."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight.float() * x32).to(x.dtype)
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    """The normalisation layer the config asks for."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps)
+
+
+# ---------------------------------------------------------------------------------------- RoPE
+def rope_inverse_frequencies(config: GPTConfig) -> tuple[torch.Tensor, float]:
+    """Per-pair rotation speeds (head_size/2,) and the factor that multiplies cos and sin.
+
+    Plain RoPE rotates pair i at speed theta^(-2i/d). YaRN (when config.rope_scaling is set) keeps
+    the fast pairs (many turns within the original context) as they are, slows the slow pairs
+    down by `factor` (interpolation), blends linearly in between, and scales cos/sin by a
+    "concentration" 0.1 ln(factor) + 1 to keep attention logits sharp at long range.
+    """
+    dim, base = config.head_size, config.rope_theta
+    inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float32, device="cpu") / dim)
+    if config.rope_scaling is None:
+        return inv_freq, 1.0
+    s = config.rope_scaling
+    factor, original_len = float(s["factor"]), s["original_max_seq_len"]
+
+    def pair_index_with_rotations(num_rotations: float) -> float:
+        # the pair index i at which position `original_len` has turned `num_rotations` times
+        return dim * math.log(original_len / (num_rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(pair_index_with_rotations(s["beta_fast"]), 0.0)
+    high = min(pair_index_with_rotations(s["beta_slow"]), dim - 1.0)
+    if low == high:
+        high += 0.001  # avoid a division by zero in the ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low)).clamp(0, 1)
+    keep = 1 - ramp  # 1 for fast pairs (kept), 0 for slow pairs (interpolated)
+    inv_freq = inv_freq / factor * (1 - keep) + inv_freq * keep
+    return inv_freq, yarn_concentration(factor)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for rotary position embeddings, computed for the positions asked for."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        # a plain attribute, not a buffer: derived from the config, never saved, and always real
+        # (a model built on the meta device and loaded from a checkpoint needs no recomputation)
+        self.inv_freq, self.scale = rope_inverse_frequencies(config)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (B, T) int -> cos, sin each (B, 1, T, head_size/2) in fp32."""
+        angles = positions.float()[..., None] * self.inv_freq.to(positions.device)  # (B, T, head_size/2)
+        return (angles.cos() * self.scale)[:, None], (angles.sin() * self.scale)[:, None]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, head_size) by the position angles, rotate-half convention.
+
+    Pair i is (x[i], x[i + head_size/2]): the first and the second half of the head.
+    """
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return rotated.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------- attention
+def attention_mask(
+    query_positions: torch.Tensor, key_positions: torch.Tensor, window: int | None
+) -> torch.Tensor:
+    """Which keys each query may see: (B, 1, T, S) bool from positions (B, T) and (B, S).
+
+    A key is visible when it is not in the future and, for sliding-window layers, when it is among
+    the last `window` positions (query i sees keys j with i - window < j <= i). Keys with a negative
+    position are empty cache slots or padding and are never visible.
+    """
+    q = query_positions[:, None, :, None]  # (B, 1, T, 1)
+    k = key_positions[:, None, None, :]  # (B, 1, 1, S)
+    visible = (k >= 0) & (k <= q)
+    if window is not None:
+        visible &= k > q - window
+    # A padding query sees nothing; let it see everything so its softmax stays finite. Its output
+    # is never used.
+    return visible | ~visible.any(dim=-1, keepdim=True)
+
+
+class Attention(nn.Module):
+    """Causal self-attention: multi-head or grouped-query, optional sliding window and sinks."""
+
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.num_heads, self.kv_heads, self.head_size = config.num_heads, config.kv_heads, config.head_size
+        self.window = config.sliding_window if config.is_sliding_layer(layer) else None
+        self.dropout = config.dropout
+        # one fused projection to [q | k | v]: num_heads + 2 * kv_heads heads of head_size
+        qkv_size = (self.num_heads + 2 * self.kv_heads) * self.head_size
+        self.c_attn = nn.Linear(config.d_model, qkv_size, bias=config.attention_bias)
+        self.c_proj = nn.Linear(self.num_heads * self.head_size, config.d_model, bias=config.attention_bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        # sinks: one logit per head that competes in the softmax but carries no value, so a head
+        # can put weight "nowhere" instead of being forced to attend to some token
+        self.sinks = nn.Parameter(torch.zeros(self.num_heads)) if config.attention_sinks else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: LayerKVCache | None,
+        plain_causal: bool,
+    ) -> torch.Tensor:
+        """x (B, T, d_model), positions (B, T) -> (B, T, d_model)."""
+        B, T, _ = x.shape
+        q, k, v = self.c_attn(x).split(
+            [self.num_heads * self.head_size, self.kv_heads * self.head_size, self.kv_heads * self.head_size], dim=-1
+        )
+        q = q.view(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, H, T, hs)
+        k = k.view(B, T, self.kv_heads, self.head_size).transpose(1, 2)  # (B, Hkv, T, hs)
+        v = v.view(B, T, self.kv_heads, self.head_size).transpose(1, 2)  # (B, Hkv, T, hs)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+
+        key_positions = positions
+        if cache is not None:
+            k, v, key_positions = cache.update(k, v, positions)  # (B, Hkv, S, hs), (B, S)
+
+        dropout = self.dropout if self.training else 0.0
+        if self.sinks is None and self.window is None and plain_causal and cache is None:
+            # the common training case: let the fused kernel build the causal mask itself
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=True)
+        else:
+            mask = attention_mask(positions, key_positions, self.window)  # (B, 1, T, S)
+            if self.sinks is None:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=True)
+            else:
+                y = self.attend_with_sinks(q, k, v, mask, dropout)
+        y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_size)
+        return self.resid_dropout(self.c_proj(y))
+
+    def attend_with_sinks(self, q, k, v, mask, dropout: float) -> torch.Tensor:
+        """Softmax attention with the sink logit appended as an extra column, then dropped.
+
+        q (B, H, T, hs), k/v (B, Hkv, S, hs), mask (B, 1, T, S) -> (B, H, T, hs). The weights over
+        real keys sum to 1 - p(sink) < 1.
+        """
+        group = self.num_heads // self.kv_heads  # query heads per k/v head
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, H, S, hs)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)  # (B, H, T, S)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        sink = self.sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)  # (B, H, T, 1)
+        weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1, dtype=torch.float32)[..., :-1]
+        weights = weights.to(v.dtype)
+        weights = F.dropout(weights, dropout, self.training)
+        return weights @ v
+
+
+# ---------------------------------------------------------------------------------------- MLPs
+class FeedForward(nn.Module):
+    """GPT-2's position-wise feed-forward: Linear -> GELU -> Linear."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.d_model, config.d_ff)
+        self.c_proj = nn.Linear(config.d_ff, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # GPT-2 uses the tanh approximation of GELU; so do we, so its checkpoints match exactly
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Experts(nn.Module):
+    """E independent SwiGLU MLPs, stored as stacked weights laid out (in, out) for `x @ W`.
+
+    gate_up_proj (E, d_model, 2*d_ff): the gate and linear halves interleaved (gate = even columns,
+    linear = odd), as in gpt-oss. down_proj (E, d_ff, d_model).
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        E, D, F_ = config.num_experts, config.d_model, config.d_ff
+        self.limit, self.alpha = config.swiglu_limit, config.swiglu_alpha
+        self.gate_up_proj = nn.Parameter(torch.empty(E, D, 2 * F_))
+        self.gate_up_proj_bias = nn.Parameter(torch.zeros(E, 2 * F_))
+        self.down_proj = nn.Parameter(torch.empty(E, F_, D))
+        self.down_proj_bias = nn.Parameter(torch.zeros(E, D))
+
+    def expert_weights(self, e: int) -> tuple[torch.Tensor, ...]:
+        """Weights of expert e; a quantised subclass can decode them here, one expert at a time."""
+        return self.gate_up_proj[e], self.gate_up_proj_bias[e], self.down_proj[e], self.down_proj_bias[e]
+
+    def forward(self, x: torch.Tensor, e: int) -> torch.Tensor:
+        """Run expert e on the tokens routed to it: x (N, d_model) -> (N, d_model)."""
+        w_gate_up, b_gate_up, w_down, b_down = self.expert_weights(e)
+        gate_up = x @ w_gate_up.to(x.dtype) + b_gate_up.to(x.dtype)  # (N, 2*d_ff)
+        gate = gate_up[:, 0::2].clamp(max=self.limit)
+        linear = gate_up[:, 1::2].clamp(-self.limit, self.limit)
+        hidden = gate * torch.sigmoid(self.alpha * gate) * (linear + 1)  # (N, d_ff)
+        return hidden @ w_down.to(x.dtype) + b_down.to(x.dtype)
+
+
+class MixtureOfExperts(nn.Module):
+    """Top-k routed experts: each token goes to the k experts its router scores highest.
+
+    Tokens are grouped by expert (one sort), so each expert runs one matrix product over exactly
+    the tokens routed to it: no loop over tokens and no expert computed for tokens it does not own.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.num_experts, self.top_k = config.num_experts, config.experts_per_token
+        self.router = nn.Linear(config.d_model, config.num_experts)
+        self.experts = Experts(config)
+        self.aux_loss: torch.Tensor | None = None  # load-balancing loss of the last forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, d_model) -> (B, T, d_model)."""
+        B, T, D = x.shape
+        tokens = x.reshape(-1, D)  # (N, D)
+        router_logits = self.router(tokens)  # (N, E)
+        top_logits, top_experts = router_logits.topk(self.top_k, dim=-1)  # (N, k)
+        top_weights = torch.softmax(top_logits.float(), dim=-1).to(x.dtype)  # (N, k), rows sum to 1
+
+        # sort the N*k (token, expert) assignments by expert: each expert's tokens become contiguous
+        flat_experts = top_experts.flatten()  # (N*k,)
+        order = flat_experts.argsort(stable=True)
+        token_index = order // self.top_k  # token of each sorted assignment
+        weight = top_weights.flatten()[order, None]  # (N*k, 1)
+        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()
+
+        out = torch.zeros_like(tokens)
+        start = 0
+        for e, count in enumerate(counts):
+            if count:
+                rows = token_index[start : start + count]
+                out.index_add_(0, rows, self.experts(tokens[rows], e) * weight[start : start + count])
+                start += count
+
+        if self.training:
+            self.aux_loss = self.load_balancing_loss(router_logits, counts)
+        return out.view(B, T, D)
+
+    def load_balancing_loss(self, router_logits: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Switch-Transformer balance loss: E * sum_e (share of assignments to e) * (mean prob of e).
+
+        It is 1*k when routing is uniform and grows as a few experts take most tokens.
+        """
+        fraction = torch.tensor(counts, dtype=torch.float32, device=router_logits.device) / router_logits.shape[0]
+        mean_prob = torch.softmax(router_logits.float(), dim=-1).mean(0)
+        return self.num_experts * (fraction * mean_prob).sum()
+
+
+# ---------------------------------------------------------------------------------------- model
+class Block(nn.Module):
+    """One pre-norm transformer block: x + Attention(Norm(x)), then x + MLP(Norm(x))."""
+
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = Attention(config, layer)
+        self.ln_2 = make_norm(config)
+        self.mlp = MixtureOfExperts(config) if config.mlp == "moe" else FeedForward(config)
+
+    def forward(self, x, positions, rope, cache, plain_causal):
+        x = x + self.attn(self.ln_1(x), positions, rope, cache, plain_causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """A decoder-only transformer, GPT-2 or gpt-oss by configuration (see the module doc)."""
+
+    def __init__(self, config: GPTConfig, device: torch.device | str | None = None):
+        super().__init__()
+        self.config = config
+        # build directly on `device`; "meta" allocates nothing (for counting huge models)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            self.transformer = nn.ModuleDict(
+                dict(
+                    wte=nn.Embedding(config.vocab_size, config.d_model),
+                    wpe=nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None,
+                    drop=nn.Dropout(config.dropout),
+                    h=nn.ModuleList(Block(config, layer) for layer in range(config.num_layers)),
+                    ln_f=make_norm(config),
+                )
+            )
+            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+            self.rotary = RotaryEmbedding(config) if config.position == "rope" else None
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, 0.02) weights, zero biases, unit norms; projections that write into the
+        residual stream get std 0.02/sqrt(2 * num_layers) so its variance does not grow with depth."""
+        std = self.config.init_std
+        residual_std = std / math.sqrt(2 * self.config.num_layers)
+        for name, p in self.named_parameters():
+            if name.endswith(("c_proj.weight", "down_proj")):
+                nn.init.normal_(p, 0.0, residual_std)
+            elif "ln_" in name and name.endswith("weight"):
+                nn.init.ones_(p)
+            elif p.dim() >= 2 or name.endswith("wte.weight"):
+                nn.init.normal_(p, 0.0, std)
+            else:  # biases and sinks
+                nn.init.zeros_(p)
+
+    # ------------------------------------------------------------------ helpers
+    def num_parameters(self) -> int:
+        """Number of parameters, counting tied weights once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def check_input(self, idx: torch.Tensor) -> None:
+        """Raise a clear TypeError/ValueError for ids that are not a valid (B, T) integer batch."""
+        if not isinstance(idx, torch.Tensor):
+            raise TypeError(f"token ids must be a torch.Tensor of shape (batch, time), got {type(idx).__name__}")
+        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+            raise TypeError(f"token ids must be integers (torch.long), got dtype {idx.dtype}")
+        if idx.dim() != 2:
+            raise ValueError(f"token ids must have shape (batch, time), got shape {tuple(idx.shape)}")
+        if idx.numel() and idx.device.type != "meta":
+            low, high = int(idx.min()), int(idx.max())
+            if low < 0 or high >= self.config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"token id {bad} is outside [0, {self.config.vocab_size}): the tokenizer does not match "
+                    "this model's vocab_size"
+                )
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        padding_mask: torch.Tensor | None = None,
+    ):
+        """Logits (B, T, vocab_size) for token ids (B, T).
+
+        targets (B, T): also return the mean next-token cross-entropy, as (logits, loss); ids of -1
+        are ignored. cache: continue from (and extend) a KVCache. padding_mask (B, T) bool: False
+        marks padding (e.g. left padding of batched prompts), which no token attends to.
+        """
+        self.check_input(idx)
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds max_seq_len={self.config.max_seq_len}; "
+                "crop the input or build the model with a larger max_seq_len"
+            )
+        positions = self.positions(B, T, cache, padding_mask, idx.device)  # (B, T), -1 = padding
+        x = self.transformer.wte(idx)  # (B, T, d_model)
+        if self.transformer.wpe is not None:
+            x = x + self.transformer.wpe(positions.clamp(min=0))
+        x = self.transformer.drop(x)
+        rope = self.rotary(positions.clamp(min=0)) if self.rotary is not None else None
+        plain_causal = padding_mask is None  # positions are 0..T-1 in every row
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, positions, rope, cache.layers[layer] if cache is not None else None, plain_causal)
+        if cache is not None:
+            cache.advance(positions)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        aux = self.aux_loss()
+        if aux is not None:
+            loss = loss + self.config.router_aux_loss_coef * aux
+        return logits, loss
+
+    def positions(self, B, T, cache, padding_mask, device) -> torch.Tensor:
+        """Absolute position of each new token (B, T); padding gets -1.
+
+        Without padding this is start..start+T-1. With padding, each row counts only its real
+        tokens, so a left-padded prompt starts at position 0 like the same prompt alone.
+        """
+        offset = cache.next_position if cache is not None else torch.zeros(B, dtype=torch.long, device=device)
+        if padding_mask is None:
+            return offset[:, None] + torch.arange(T, device=device)
+        real = padding_mask.to(device=device, dtype=torch.long)
+        positions = offset[:, None] + real.cumsum(dim=1) - 1
+        return positions.masked_fill(real == 0, -1)
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """Sum over MoE layers of the load-balancing loss of the last training forward, if any."""
+        if self.config.mlp != "moe" or not self.training or self.config.router_aux_loss_coef == 0:
+            return None
+        return sum(block.mlp.aux_loss for block in self.transformer.h)
+
+    # ------------------------------------------------------------------ generation
+    def new_cache(self, batch_size: int, capacity: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for `batch_size` sequences of up to `capacity` tokens (default max_seq_len)."""
+        p = self.lm_head.weight
+        return KVCache(self.config, batch_size, capacity, dtype=dtype or p.dtype, device=p.device)
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None, **kwargs):
+        """Continue `idx` (B, T) by max_new_tokens sampled tokens; returns (B, T + max_new_tokens).
+
+        temperature=0 is greedy; top_k keeps only the k most likely tokens. See
+        gptoss.generation.generate for the other options (top_p, stop tokens, seeds, streaming...).
+        """
+        from gptoss.generation import generate
+
+        return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, **kwargs)
+
+
+def create_gpt_oss_20b(
+    vocab_size: int = 50257,
+    max_seq_len: int = 1024,
+    preset: str = "gpt2-small",
+    device: torch.device | str | None = None,
+    **overrides,
+) -> GPT:
+    """The seed's model factory: by default the seed's configuration, GPT-2 small (124,439,808
+    parameters). `preset` picks another configuration (see GPTConfig.preset), keyword arguments
+    override its fields, and device="meta" builds it without allocating memory."""
+    config = GPTConfig.preset(preset, vocab_size=vocab_size, max_seq_len=max_seq_len, **overrides)
+    return GPT(config, device=device)

@@ -1,0 +1,364 @@
+"""Tokenizers: text <-> token ids, with one interface for every kind.
+
+Kinds:
+- `char`: one id per character, vocabulary = the sorted set of characters of a corpus.
+- `bpe`: byte-level BPE trained on a corpus with Hugging Face `tokenizers`, saved as `tokenizer.json`.
+- `gpt2`, `o200k_harmony`: OpenAI's encodings through `tiktoken`, from local files when given a
+  folder holding them (argument `files_dir` or env `GPTOSS_TOKENIZER_FILES`), else tiktoken's download.
+
+Special tokens written in the text (`<|endoftext|>`, and harmony's `<|start|>` etc.) are encoded as
+their special ids, not as plain text: these tokenizers feed our own models, and the chat format
+needs them. So `decode(encode(s)) == s` holds for every string, special tokens included.
+
+`save(dir)` writes `gptoss_tokenizer.json` (the kind and what is needed to rebuild it, plus
+`tokenizer.json` for `bpe`); `load_tokenizer(dir)` reads any of them back.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+KINDS = ("char", "bpe", "gpt2", "o200k_harmony")
+TIKTOKEN_KINDS = ("gpt2", "o200k_harmony")
+END_OF_TEXT = "<|endoftext|>"
+DESCRIPTOR_FILE = "gptoss_tokenizer.json"
+BPE_FILE = "tokenizer.json"
+TOKENIZER_FILES_ENV = "GPTOSS_TOKENIZER_FILES"
+
+
+class Tokenizer(ABC):
+    """The interface every kind implements."""
+
+    kind: str
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of ids: every id is in range(vocab_size)."""
+
+    @property
+    @abstractmethod
+    def eot_id(self) -> int | None:
+        """Id of the end-of-text token, or None when the kind has none (`char`)."""
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`."""
+
+    @abstractmethod
+    def _decode_checked(self, ids: list[int]) -> str:
+        """Text of `ids`, already checked to be in range."""
+
+    @abstractmethod
+    def _descriptor(self) -> dict:
+        """What `gptoss_tokenizer.json` holds: the kind and how to rebuild this tokenizer."""
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Text of `ids` (a list, or a 1-D numpy array or torch tensor)."""
+        return self._decode_checked(self._checked_ids(ids))
+
+    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        """Ids of many texts at once, as int64 arrays; kinds with a parallel batch encoder use it."""
+        return [np.asarray(self.encode(text), dtype=np.int64) for text in texts]
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of what defines this tokenizer: equal fingerprints give equal ids."""
+        return hashlib.sha256(json.dumps(self._identity(), sort_keys=True).encode()).hexdigest()
+
+    def _identity(self) -> dict:
+        return self._descriptor()
+
+    def save(self, directory: str | Path) -> Path:
+        """Write this tokenizer into `directory` (created if needed); returns the folder."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_atomic(directory / DESCRIPTOR_FILE, json.dumps(self._descriptor(), indent=1))
+        return directory
+
+    def _checked_ids(self, ids: Sequence[int] | np.ndarray) -> list[int]:
+        if hasattr(ids, "tolist"):  # numpy arrays and torch tensors
+            ids = ids.tolist()
+        ids = list(ids)
+        bad = next((i for i in ids if not isinstance(i, int) or not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            raise ValueError(
+                f"cannot decode {bad!r}: ids must be ints in range({self.vocab_size}) for this "
+                f"{self.kind} tokenizer (decode takes a flat sequence of ids)"
+            )
+        return ids
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+class CharTokenizer(Tokenizer):
+    """One id per character; the id of a character is its rank in the sorted vocabulary."""
+
+    kind = "char"
+
+    def __init__(self, chars: Iterable[str]):
+        self.chars = sorted(set(chars))
+        if not self.chars or any(len(char) != 1 for char in self.chars):
+            raise ValueError("a char tokenizer needs a non-empty vocabulary of single characters")
+        self._id_of = {char: i for i, char in enumerate(self.chars)}
+        # Code points in id order, for the vectorized encoder (searchsorted needs them sorted,
+        # which they are: sorted() orders strings of one character by code point).
+        self._code_points = np.array([ord(char) for char in self.chars], dtype=np.uint32)
+
+    @classmethod
+    def from_text(cls, text: str | Iterable[str]) -> CharTokenizer:
+        """The tokenizer whose vocabulary is every character of `text` (a string or string chunks)."""
+        chars: set[str] = set()
+        for chunk in [text] if isinstance(text, str) else text:
+            chars.update(chunk)
+        if not chars:
+            raise ValueError("cannot build a char tokenizer from an empty corpus")
+        return cls(chars)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    @property
+    def eot_id(self) -> None:
+        return None
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        return [self.encode_array(text) for text in texts]
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """Ids of `text` as an int64 array (vectorized: a per-character dict lookup is 20x slower)."""
+        code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = np.searchsorted(self._code_points, code_points)
+        ids_in_range = np.minimum(ids, len(self.chars) - 1)
+        unknown = np.flatnonzero(self._code_points[ids_in_range] != code_points)
+        if unknown.size:
+            position = int(unknown[0])
+            raise ValueError(
+                f"character {text[position]!r} at position {position} is not in this char "
+                f"tokenizer's vocabulary of {self.vocab_size} characters (build it from a corpus "
+                "that contains it, or use a byte-level kind: bpe, gpt2, o200k_harmony)"
+            )
+        return ids.astype(np.int64)
+
+    def _decode_checked(self, ids: list[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def _descriptor(self) -> dict:
+        return {"kind": self.kind, "chars": self.chars}
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE (GPT-2 style) trained with Hugging Face `tokenizers`; any text encodes."""
+
+    kind = "bpe"
+
+    def __init__(self, backend):
+        self._backend = backend  # a tokenizers.Tokenizer
+        self._eot_id = backend.token_to_id(END_OF_TEXT)
+        if self._eot_id is None:
+            raise ValueError(f"this BPE tokenizer has no {END_OF_TEXT} token")
+
+    @classmethod
+    def train(cls, text: str | Iterable[str], vocab_size: int = 4096) -> BPETokenizer:
+        """Train on `text` (a string or string chunks) up to `vocab_size` ids, `<|endoftext|>` included."""
+        from tokenizers import Tokenizer as Backend, decoders, models, pre_tokenizers, trainers
+
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        if vocab_size < len(alphabet) + 1:
+            raise ValueError(
+                f"vocab_size {vocab_size} is too small for byte-level BPE: it needs at least "
+                f"{len(alphabet) + 1} (256 bytes + {END_OF_TEXT})"
+            )
+        backend = Backend(models.BPE())
+        # add_prefix_space=False: a space is only encoded where the text has one, so decoding
+        # gives back exactly the input.
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[END_OF_TEXT],
+            initial_alphabet=alphabet,  # all 256 bytes, so text unseen in training still encodes
+            show_progress=False,
+        )
+        chunks = [text] if isinstance(text, str) else text
+        seen_text = False
+
+        def non_empty_chunks():
+            nonlocal seen_text
+            for chunk in chunks:
+                seen_text = seen_text or bool(chunk)
+                yield chunk
+
+        backend.train_from_iterator(non_empty_chunks(), trainer)
+        if not seen_text:
+            raise ValueError("cannot train a BPE tokenizer on an empty corpus")
+        return cls(backend)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> BPETokenizer:
+        """Load a `tokenizer.json` written by `save`."""
+        from tokenizers import Tokenizer as Backend
+
+        return cls(Backend.from_file(str(path)))
+
+    @property
+    def vocab_size(self) -> int:
+        return self._backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eot_id(self) -> int:
+        return self._eot_id
+
+    def encode(self, text: str) -> list[int]:
+        return self._backend.encode(text, add_special_tokens=False).ids
+
+    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        # encode_batch_fast skips the character offsets, which we never use; it runs in parallel.
+        encodings = self._backend.encode_batch_fast(texts, add_special_tokens=False)
+        return [np.asarray(encoding.ids, dtype=np.int64) for encoding in encodings]
+
+    def _decode_checked(self, ids: list[int]) -> str:
+        return self._backend.decode(ids, skip_special_tokens=False)
+
+    def _descriptor(self) -> dict:
+        return {"kind": self.kind, "file": BPE_FILE}
+
+    def _identity(self) -> dict:
+        return {"kind": self.kind, "tokenizer.json": self._backend.to_str()}
+
+    def save(self, directory: str | Path) -> Path:
+        directory = super().save(directory)
+        _write_atomic(directory / BPE_FILE, self._backend.to_str(pretty=True))
+        return directory
+
+
+class TiktokenTokenizer(Tokenizer):
+    """OpenAI's `gpt2` or `o200k_harmony` encoding through tiktoken; ids equal tiktoken's."""
+
+    def __init__(self, kind: str, files_dir: str | Path | None = None):
+        if kind not in TIKTOKEN_KINDS:
+            raise ValueError(f"unknown tiktoken kind {kind!r}; choose one of {TIKTOKEN_KINDS}")
+        files_dir = files_dir or os.environ.get(TOKENIZER_FILES_ENV) or None
+        self.kind = kind
+        self.files_dir = Path(files_dir).resolve() if files_dir else None
+        self._encoding = _tiktoken_encoding(kind, self.files_dir)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._encoding.n_vocab
+
+    @property
+    def eot_id(self) -> int:
+        return self._encoding.eot_token
+
+    def encode(self, text: str) -> list[int]:
+        return self._encoding.encode(text, allowed_special="all")
+
+    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        batches = self._encoding.encode_batch(texts, allowed_special="all")  # threads, GIL released
+        return [np.asarray(ids, dtype=np.int64) for ids in batches]
+
+    def _decode_checked(self, ids: list[int]) -> str:
+        return self._encoding.decode(ids)
+
+    def _descriptor(self) -> dict:
+        return {"kind": self.kind, "files_dir": str(self.files_dir) if self.files_dir else None}
+
+    def _identity(self) -> dict:
+        # The files are verified against tiktoken's sha256, so the name alone fixes the ids.
+        return {"kind": self.kind}
+
+
+# tiktoken's constructor for each encoding names the download URL and the sha256 of every file it
+# needs; we reuse it unchanged and only swap where the bytes come from.
+@functools.lru_cache(maxsize=4)
+def _tiktoken_encoding(kind: str, files_dir: Path | None):
+    import tiktoken
+    import tiktoken.load
+    from tiktoken_ext import openai_public
+
+    if files_dir is None:
+        return tiktoken.get_encoding(kind)
+
+    def read_local_copy(url: str, expected_hash: str | None = None) -> bytes:
+        path = files_dir / url.rsplit("/", 1)[-1]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"the {kind} tokenizer needs {path.name}, which is not in {files_dir}; copy it "
+                f"there from {url}, or unset {TOKENIZER_FILES_ENV} / files_dir to let tiktoken "
+                "download it"
+            )
+        data = path.read_bytes()
+        actual_hash = hashlib.sha256(data).hexdigest()
+        if expected_hash and actual_hash != expected_hash:
+            raise ValueError(
+                f"{path} has sha256 {actual_hash}, but tiktoken expects {expected_hash}: the file "
+                f"is corrupt or a different version; replace it with a fresh copy of {url}"
+            )
+        return data
+
+    with mock.patch.object(tiktoken.load, "read_file_cached", read_local_copy):
+        definition = openai_public.ENCODING_CONSTRUCTORS[kind]()
+    return tiktoken.Encoding(**definition)
+
+
+def build_tokenizer(
+    kind: str,
+    text: str | Iterable[str] | None = None,
+    vocab_size: int = 4096,
+    files_dir: str | Path | None = None,
+) -> Tokenizer:
+    """A tokenizer of `kind`: `char`/`bpe` are built from `text`; `gpt2`/`o200k_harmony` are fixed."""
+    if kind in TIKTOKEN_KINDS:
+        return TiktokenTokenizer(kind, files_dir)
+    if kind not in ("char", "bpe"):
+        raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if text is None:
+        raise ValueError(f"a {kind} tokenizer is built from a corpus: pass its text")
+    if kind == "char":
+        return CharTokenizer.from_text(text)
+    return BPETokenizer.train(text, vocab_size)
+
+
+def load_tokenizer(directory: str | Path, files_dir: str | Path | None = None) -> Tokenizer:
+    """The tokenizer saved in `directory` by `save` (`files_dir` overrides a tiktoken files folder)."""
+    directory = Path(directory)
+    descriptor_path = directory / DESCRIPTOR_FILE
+    if not descriptor_path.is_file():
+        raise FileNotFoundError(
+            f"no saved tokenizer in {directory}: {DESCRIPTOR_FILE} is missing (save one with "
+            "tokenizer.save(directory))"
+        )
+    descriptor = json.loads(descriptor_path.read_text(encoding="utf-8"))
+    kind = descriptor.get("kind")
+    if kind == "char":
+        return CharTokenizer(descriptor["chars"])
+    if kind == "bpe":
+        return BPETokenizer.from_file(directory / descriptor["file"])
+    if kind in TIKTOKEN_KINDS:
+        saved_dir = descriptor.get("files_dir")
+        if files_dir is None and saved_dir and Path(saved_dir).is_dir():
+            files_dir = saved_dir
+        return TiktokenTokenizer(kind, files_dir)
+    raise ValueError(f"{descriptor_path} names an unknown tokenizer kind {kind!r}")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and rename, so a crash never leaves a half-written file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)

@@ -1,0 +1,105 @@
+"""The seed's training loop, `train_model`: epochs over a token list, AdamW, gradient clipping, and
+per-epoch validation loss and perplexity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from gptoss.data import epoch_batches
+
+
+def as_token_tensor(data, name: str, seq_len: int) -> torch.Tensor:
+    """Token ids (list, numpy array or tensor) as a 1-D int64 tensor, checked for length and type."""
+    if isinstance(data, torch.Tensor):
+        tokens = data
+    else:
+        tokens = torch.as_tensor(np.asarray(data))
+    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
+    tokens = tokens.reshape(-1).long()
+    if tokens.numel() < seq_len + 1:
+        raise ValueError(
+            f"{name} has {tokens.numel()} tokens, fewer than seq_len + 1 = {seq_len + 1}: "
+            "supply more data or use a shorter seq_len"
+        )
+    return tokens
+
+
+def adamw(model: torch.nn.Module, learning_rate: float, weight_decay: float, **kwargs) -> torch.optim.AdamW:
+    """AdamW that decays only matrices: biases, norm gains and sinks are left alone."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), **kwargs)
+
+
+@torch.no_grad()
+def evaluate(model, tokens: torch.Tensor, seq_len: int, batch_size: int, device) -> float:
+    """Mean next-token cross-entropy over every non-overlapping window of `tokens`."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in epoch_batches(tokens, batch_size, seq_len, shuffle=False):
+        _, loss = model(x.to(device), y.to(device))
+        total += loss.item() * x.numel()
+        count += x.numel()
+    model.train(was_training)
+    return total / count
+
+
+def train_model(
+    model,
+    train_data,
+    val_data=None,
+    seq_len: int = 128,
+    batch_size: int = 32,
+    num_epochs: int = 10,
+    learning_rate: float = 3e-4,
+    weight_decay: float = 0.1,
+    grad_clip: float = 1.0,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    progress: bool = True,
+):
+    """Train `model` on token ids for `num_epochs` epochs; returns the trained model (in eval mode).
+
+    Each epoch visits every non-overlapping window of seq_len + 1 tokens of train_data once, in a
+    shuffled order, in batches of batch_size. After each epoch it prints the mean train loss and,
+    when val_data is given, the validation loss and perplexity.
+    """
+    for name, value in (("seq_len", seq_len), ("batch_size", batch_size), ("num_epochs", num_epochs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+    if seq_len > model.config.max_seq_len:
+        raise ValueError(f"seq_len={seq_len} exceeds the model's max_seq_len={model.config.max_seq_len}")
+    train_tokens = as_token_tensor(train_data, "train_data", seq_len)
+    val_tokens = as_token_tensor(val_data, "val_data", seq_len) if val_data is not None else None
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device).train()
+    optimizer = adamw(model, learning_rate, weight_decay)
+
+    for epoch in range(1, num_epochs + 1):
+        batches = list(epoch_batches(train_tokens, batch_size, seq_len, shuffle=True, seed=seed + epoch))
+        bar = tqdm(batches, desc=f"epoch {epoch}/{num_epochs}", disable=not progress, leave=False)
+        total = 0.0
+        for x, y in bar:
+            _, loss = model(x.to(device), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            total += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        line = f"epoch {epoch}/{num_epochs} | train loss {total / len(batches):.4f}"
+        if val_tokens is not None:
+            val_loss = evaluate(model, val_tokens, seq_len, batch_size, device)
+            line += f" | val loss {val_loss:.4f} | val perplexity {math.exp(val_loss):.2f}"
+        print(line, flush=True)
+    return model.eval()
