@@ -17,6 +17,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import sysconfig
 import urllib.error
 import urllib.request
@@ -230,3 +231,339 @@ def _verified(path: Path, sha256: str) -> Path:
             "different file; delete it (it will be downloaded again) or replace it with the right one"
         )
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparation: text -> train.bin / val.bin / meta.json / tokenizer, streamed and cached by content
+
+
+@dataclass
+class TokenDataset:
+    """A prepared corpus: train and val ids as read-only memmaps, its tokenizer and `meta.json`."""
+
+    directory: Path
+    meta: dict
+    tokenizer: Tokenizer
+    train: np.ndarray
+    val: np.ndarray
+
+    @classmethod
+    def load(cls, directory: str | Path, tokenizer_files_dir: str | Path | None = None) -> TokenDataset:
+        """The dataset that `prepare` wrote into `directory`."""
+        directory = Path(directory)
+        meta = _read_meta(directory)
+        if meta is None:
+            raise FileNotFoundError(f"{directory} holds no prepared corpus ({META_FILE} is missing); run prepare")
+        return cls(
+            directory=directory,
+            meta=meta,
+            tokenizer=load_tokenizer(directory, tokenizer_files_dir),
+            train=load_tokens(directory / meta["files"]["train"]),
+            val=load_tokens(directory / meta["files"]["val"]),
+        )
+
+
+def prepare(
+    corpus: str | Path,
+    tokenizer: Tokenizer | str,
+    out_dir: str | Path,
+    val_fraction: float = 0.1,
+    *,
+    vocab_size: int = 4096,
+    tokenizer_files_dir: str | Path | None = None,
+    max_chars: int | None = None,
+    chunk_chars: int = 1 << 20,
+    progress: bool = True,
+) -> TokenDataset:
+    """Tokenize `corpus` into `out_dir` (train.bin, val.bin, meta.json, tokenizer) and load it.
+
+    `tokenizer` is a built tokenizer, or a kind: `char`/`bpe` are then trained on the corpus
+    (`vocab_size` for bpe), `gpt2`/`o200k_harmony` read `tokenizer_files_dir` if given. The split
+    is by characters, like nanoGPT: the first 1 - val_fraction of the text is train. Memory stays
+    bounded: the text is read and encoded in pieces of about `chunk_chars` characters, cut where no
+    tokenizer merges across the cut, so the ids equal encoding all the text at once. Nothing is
+    redone when `out_dir` already holds this text prepared with this tokenizer.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    out_dir = Path(out_dir)
+    source = _scan_source(corpus, max_chars)
+    request = _tokenizer_request(tokenizer, vocab_size)
+    meta = _read_meta(out_dir)
+    if meta is not None and _is_cached(meta, out_dir, source, val_fraction, request):
+        if progress:
+            print(f"{out_dir}: already prepared from this text with this tokenizer, reusing it")
+        return TokenDataset.load(out_dir, tokenizer_files_dir)
+
+    if isinstance(tokenizer, str):
+        tokenizer = build_tokenizer(
+            tokenizer, _TextChunks(corpus, max_chars), vocab_size, tokenizer_files_dir
+        )
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    split_char = int(source["chars"] * (1 - val_fraction))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / META_FILE).unlink(missing_ok=True)  # the old files are no longer valid from here on
+
+    counts = {}
+    temporaries = {name: out_dir / f".{name}.bin.{os.getpid()}.tmp" for name in ("train", "val")}
+    with tqdm(total=source["chars"], unit="char", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
+        pieces = _safe_pieces(iter_corpus(corpus, max_chars), chunk_chars, split_char)
+        files = {name: open(path, "wb") for name, path in temporaries.items()}
+        try:
+            for part, batch in _batches_by_part(pieces, split_char):
+                for ids in tokenizer.encode_arrays(batch):
+                    ids.astype(dtype).tofile(files[part])
+                    counts[part] = counts.get(part, 0) + len(ids)
+                bar.update(sum(len(text) for text in batch))
+        finally:
+            for file in files.values():
+                file.close()
+    for name, path in temporaries.items():
+        os.replace(path, out_dir / f"{name}.bin")
+
+    tokenizer.save(out_dir)
+    meta = {
+        "format": META_FORMAT,
+        "corpus": str(corpus),
+        "source_sha256": source["sha256"],
+        "source_chars": source["chars"],
+        "source_bytes": source["bytes"],
+        "val_fraction": val_fraction,
+        "split_char": split_char,
+        "tokenizer": {
+            "kind": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id,
+            "fingerprint": tokenizer.fingerprint,
+            "request": request,
+        },
+        "dtype": np.dtype(dtype).name,
+        "train_tokens": counts.get("train", 0),
+        "val_tokens": counts.get("val", 0),
+        "files": {"train": "train.bin", "val": "val.bin"},
+    }
+    temporary = out_dir / f".{META_FILE}.{os.getpid()}.tmp"
+    temporary.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    os.replace(temporary, out_dir / META_FILE)  # written last: its presence means the rest is complete
+    return TokenDataset.load(out_dir, tokenizer_files_dir)
+
+
+def load_tokens(path: str | Path) -> np.ndarray:
+    """The ids in a `.bin` file written by `prepare`, as a read-only memmap (dtype from meta.json)."""
+    path = Path(path)
+    meta = _read_meta(path.parent)
+    if meta is None:
+        raise FileNotFoundError(f"{path.parent / META_FILE} is missing: {path} was not written by prepare")
+    dtype = np.dtype(meta["dtype"])
+    if path.stat().st_size == 0:  # mmap cannot map an empty file
+        return np.empty(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+class _TextChunks:
+    """The corpus's text pieces, re-readable: BPE training iterates it without holding the text."""
+
+    def __init__(self, corpus: str | Path, max_chars: int | None):
+        self.corpus, self.max_chars = corpus, max_chars
+
+    def __iter__(self) -> Iterator[str]:
+        return iter_corpus(self.corpus, self.max_chars)
+
+
+def _scan_source(corpus: str | Path, max_chars: int | None) -> dict:
+    """sha256 and size of the corpus text: the cache key, read once before any tokenizing."""
+    digest, chars, size = hashlib.sha256(), 0, 0
+    for piece in iter_corpus(corpus, max_chars):
+        data = piece.encode("utf-8")
+        digest.update(data)
+        chars += len(piece)
+        size += len(data)
+    if chars == 0:
+        raise ValueError(f"corpus {str(corpus)!r} is empty: there is no text to prepare")
+    return {"sha256": digest.hexdigest(), "chars": chars, "bytes": size}
+
+
+def _tokenizer_request(tokenizer: Tokenizer | str, vocab_size: int) -> dict:
+    """What the caller asked for: a built tokenizer's fingerprint, or a kind to build."""
+    if isinstance(tokenizer, Tokenizer):
+        return {"fingerprint": tokenizer.fingerprint}
+    if tokenizer not in KINDS:
+        raise ValueError(f"unknown tokenizer kind {tokenizer!r}; choose one of {', '.join(KINDS)}")
+    return {"kind": tokenizer, "vocab_size": vocab_size if tokenizer == "bpe" else None}
+
+
+def _is_cached(meta: dict, directory: Path, source: dict, val_fraction: float, request: dict) -> bool:
+    """Whether `directory` already holds this text prepared with this tokenizer, complete."""
+    if meta.get("format") != META_FORMAT or meta["source_sha256"] != source["sha256"]:
+        return False
+    if meta["val_fraction"] != val_fraction:
+        return False
+    if request not in (meta["tokenizer"]["request"], {"fingerprint": meta["tokenizer"]["fingerprint"]}):
+        return False
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for part in ("train", "val"):
+        path = directory / meta["files"][part]
+        if not path.is_file() or path.stat().st_size != meta[f"{part}_tokens"] * itemsize:
+            return False
+    return True
+
+
+def _read_meta(directory: Path) -> dict | None:
+    path = directory / META_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _safe_pieces(texts: Iterator[str], chunk_chars: int, split_char: int) -> Iterator[str]:
+    """Re-cut `texts` into pieces of about `chunk_chars`, cut only where encoding is unaffected.
+
+    The safe cut is just after a newline that ends a non-blank line and comes before a letter:
+    every tokenizer here (gpt2's and o200k's pre-token patterns, byte-level BPE's) starts a new
+    pre-token there and never merges across it. A piece is also cut at `split_char`, the
+    train/val boundary. Text with no safe cut for 4 pieces' length is cut anyway, to bound memory.
+    """
+    buffer, emitted = "", 0
+    for text in texts:
+        buffer += text
+        while True:
+            if emitted < split_char <= emitted + len(buffer):
+                cut = split_char - emitted
+            elif len(buffer) >= chunk_chars:
+                cut = _last_safe_cut(buffer) or (len(buffer) if len(buffer) >= 4 * chunk_chars else 0)
+            else:
+                cut = 0
+            if cut == 0:
+                break
+            yield buffer[:cut]
+            emitted += cut
+            buffer = buffer[cut:]
+    if buffer:
+        yield buffer
+
+
+def _last_safe_cut(text: str) -> int:
+    """Index just after the last newline that follows a non-space and precedes a letter; 0 if none."""
+    position = len(text) - 1
+    while (position := text.rfind("\n", 0, position)) > 0:
+        if text[position + 1].isalpha() and not text[position - 1].isspace():
+            return position + 1
+    return 0
+
+
+def _batches_by_part(pieces: Iterator[str], split_char: int, batch_chars: int = 4 << 20):
+    """(part, pieces) with part "train" or "val": pieces grouped so a batch encoder can run them in
+    parallel, never mixing the two parts."""
+    batch, batch_size, emitted = [], 0, 0
+    part = "train" if split_char > 0 else "val"
+    for piece in pieces:
+        piece_part = "train" if emitted < split_char else "val"
+        if batch and (piece_part != part or batch_size >= batch_chars):
+            yield part, batch
+            batch, batch_size = [], 0
+        part = piece_part
+        batch.append(piece)
+        batch_size += len(piece)
+        emitted += len(piece)
+    if batch:
+        yield part, batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching
+
+
+def random_batch(
+    tokens: np.ndarray | torch.Tensor,
+    batch_size: int,
+    seq_len: int,
+    generator: torch.Generator | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch_size` windows at random starts: inputs x and targets y = x shifted by one, int64."""
+    tokens = _as_array(tokens)
+    _check_length(tokens, seq_len)
+    starts = torch.randint(len(tokens) - seq_len, (batch_size,), generator=generator).tolist()
+    return _windows(tokens, starts, seq_len, device)
+
+
+def epoch_batches(
+    tokens: np.ndarray | torch.Tensor,
+    batch_size: int,
+    seq_len: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch: every non-overlapping window exactly once (in an order fixed by `seed` when
+    shuffled), as (x, y) batches; the last batch may be smaller. Pass seed + epoch for new orders."""
+    tokens = _as_array(tokens)
+    _check_length(tokens, seq_len)
+    count = (len(tokens) - 1) // seq_len  # windows of seq_len + 1 tokens, overlapping by one
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(count)
+    for first in range(0, count, batch_size):
+        starts = (order[first : first + batch_size] * seq_len).tolist()
+        yield _windows(tokens, starts, seq_len, device)
+
+
+def _as_array(tokens: np.ndarray | torch.Tensor | Sequence[int]) -> np.ndarray:
+    if isinstance(tokens, torch.Tensor):
+        return tokens.cpu().numpy()
+    return np.asarray(tokens)  # a memmap stays a view of the file: nothing is read yet
+
+
+def _check_length(tokens: np.ndarray, seq_len: int) -> None:
+    if len(tokens) < seq_len + 1:
+        raise ValueError(
+            f"only {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1} needed for one "
+            "(input, target) window: use a shorter seq_len or more text"
+        )
+
+
+def _windows(tokens: np.ndarray, starts: list[int], seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    windows = np.stack([tokens[start : start + seq_len + 1] for start in starts]).astype(np.int64)
+    x = torch.from_numpy(np.ascontiguousarray(windows[:, :-1]))
+    y = torch.from_numpy(np.ascontiguousarray(windows[:, 1:]))
+    return (x.to(device), y.to(device)) if device is not None else (x, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def register_cli(subparsers) -> None:
+    """Add the `prepare` verb: `gptoss prepare --corpus shakespeare --tokenizer bpe --out DIR`."""
+    parser = subparsers.add_parser(
+        "prepare",
+        help="tokenize a corpus once into train.bin / val.bin for training",
+        description=prepare.__doc__.splitlines()[0],
+    )
+    parser.add_argument("--corpus", default="pystdlib", help="pystdlib, shakespeare, or a file, folder or glob of UTF-8 text (default: pystdlib)")
+    parser.add_argument("--tokenizer", default="bpe", choices=KINDS, help="tokenizer kind (default: bpe)")
+    parser.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size of a bpe tokenizer (default: 4096)")
+    parser.add_argument("--out", type=Path, help="output folder (default: data_cache/CORPUS-TOKENIZER)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the text kept for validation (default: 0.1)")
+    parser.add_argument("--max-chars", type=int, help="use only the first MAX_CHARS characters of the corpus")
+    parser.add_argument("--tokenizer-files", type=Path, help="folder with OpenAI's tokenizer files, for offline gpt2 / o200k_harmony")
+    parser.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args) -> int:
+    corpus_label = re.sub(r"[^\w.-]+", "_", Path(args.corpus).name) or "corpus"
+    out = args.out or Path("data_cache") / f"{corpus_label}-{args.tokenizer}"
+    dataset = prepare(
+        args.corpus,
+        args.tokenizer,
+        out,
+        args.val_fraction,
+        vocab_size=args.vocab_size,
+        tokenizer_files_dir=args.tokenizer_files,
+        max_chars=args.max_chars,
+    )
+    meta = dataset.meta
+    tokens = meta["train_tokens"] + meta["val_tokens"]
+    print(
+        f"{out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens ({meta['dtype']}), "
+        f"{meta['source_chars'] / tokens:.2f} characters per token, {meta['tokenizer']['kind']} "
+        f"tokenizer with {meta['tokenizer']['vocab_size']:,} ids"
+    )
+    return 0
+
