@@ -18,15 +18,14 @@ def as_token_tensor(data, name: str, seq_len: int) -> torch.Tensor:
         tokens = data
     else:
         tokens = torch.as_tensor(np.asarray(data))
-    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
-    tokens = tokens.reshape(-1).long()
-    if tokens.numel() < seq_len + 1:
+    if tokens.numel() < seq_len + 1:  # first: an empty list has no integer dtype to check
         raise ValueError(
             f"{name} has {tokens.numel()} tokens, fewer than seq_len + 1 = {seq_len + 1}: "
             "supply more data or use a shorter seq_len"
         )
-    return tokens
+    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
+    return tokens.reshape(-1).long()
 
 
 def adamw(model: torch.nn.Module, learning_rate: float, weight_decay: float, **kwargs) -> torch.optim.AdamW:

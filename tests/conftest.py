@@ -20,11 +20,20 @@ torch.set_num_threads(1)
 
 def shared_data_path(relative: str) -> Path:
     """Path of a file under the shared data folder; fails or skips (see module doc) when missing."""
+    return _shared_path("data/" + relative)
+
+
+def seed_document() -> Path:
+    """The seed document, ../shared/docs/SEED.md (beside the shared data folder)."""
+    return _shared_path("docs/SEED.md")
+
+
+def _shared_path(relative: str) -> Path:
     configured = os.environ.get("GPTOSS_SHARED_DATA")
-    root = Path(configured) if configured else REPO_ROOT.parent / "shared" / "data"
-    if not root.is_absolute():
-        root = REPO_ROOT / root
-    path = root / relative
+    data_root = Path(configured) if configured else REPO_ROOT.parent / "shared" / "data"
+    if not data_root.is_absolute():
+        data_root = REPO_ROOT / data_root
+    path = data_root.parent / relative
     if not path.exists():
         message = f"shared data file {path} is missing"
         if configured:
