@@ -29,6 +29,7 @@ def config_from_hf_gpt2(hf: dict) -> GPTConfig:
         max_seq_len=hf["n_positions"],
         dropout=0.0,
         norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
     )
 
 
@@ -59,7 +60,7 @@ def gpt2_state_from_hf(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     """Our state dict from a GPT2LMHeadModel (or GPT2Model) one; tensors converted one at a time."""
     state = {}
     for name, tensor in hf_state.items():
-        if name.endswith(("attn.bias", "attn.masked_bias")) and tensor.dim() > 1:
+        if name.endswith("attn.masked_bias") or (name.endswith("attn.bias") and tensor.dim() > 1):
             continue  # causal-mask buffers stored by old checkpoints, not parameters
         if not name.startswith(("transformer.", "lm_head.")):
             name = "transformer." + name  # GPT2Model checkpoints have no "transformer." prefix
@@ -182,14 +183,19 @@ GPT_OSS_NAMES = {
     "transformer.h.{i}.mlp.experts.gate_up_proj_bias": "model.layers.{i}.mlp.experts.gate_up_proj_bias",
     "transformer.h.{i}.mlp.experts.down_proj": "model.layers.{i}.mlp.experts.down_proj",
     "transformer.h.{i}.mlp.experts.down_proj_bias": "model.layers.{i}.mlp.experts.down_proj_bias",
+    # MXFP4-packed experts (gptoss.mxfp4.PackedExperts), present instead of the plain matrices
+    "transformer.h.{i}.mlp.experts.gate_up_proj_blocks": "model.layers.{i}.mlp.experts.gate_up_proj_blocks",
+    "transformer.h.{i}.mlp.experts.gate_up_proj_scales": "model.layers.{i}.mlp.experts.gate_up_proj_scales",
+    "transformer.h.{i}.mlp.experts.down_proj_blocks": "model.layers.{i}.mlp.experts.down_proj_blocks",
+    "transformer.h.{i}.mlp.experts.down_proj_scales": "model.layers.{i}.mlp.experts.down_proj_scales",
 }
 QKV = ("q_proj", "k_proj", "v_proj")
 
 
-def gpt_oss_name_pairs(num_layers: int) -> list[tuple[str, str]]:
-    """(our name, HF name) for every gpt-oss tensor except the q/k/v projections."""
+def gpt_oss_name_pairs(num_layers: int, names: dict[str, str] = GPT_OSS_NAMES) -> list[tuple[str, str]]:
+    """(our name, their name) for every gpt-oss tensor of `names` (HF's by default; no q/k/v there)."""
     pairs = []
-    for ours, theirs in GPT_OSS_NAMES.items():
+    for ours, theirs in names.items():
         layers = range(num_layers) if "{i}" in ours else [None]
         pairs += [(ours.format(i=i), theirs.format(i=i)) for i in layers]
     return pairs
@@ -218,3 +224,53 @@ def gpt_oss_state_to_hf(state: dict[str, torch.Tensor], config: GPTConfig) -> di
                 for proj, part in zip(QKV, fused.split(sizes, dim=0)):
                     hf[f"model.layers.{i}.self_attn.{proj}.{kind}"] = part.contiguous()
     return hf
+
+
+# ---------------------------------------------------------------------------------------- OpenAI's layout
+# our name <-> the name in OpenAI's original gpt-oss checkpoint (`original/` in their repositories;
+# gpt_oss/torch/model.py). Its q, k and v are fused [q | k | v] as ours are, and its mlp1 rows
+# interleave gate and linear as ours do; its expert matrices are stored (E, out, in), ours (E, in, out).
+# Packed experts: `mlp1_weight.blocks` holds the very bytes Hugging Face calls `gate_up_proj_blocks`.
+OPENAI_GPT_OSS_NAMES = {
+    "transformer.wte.weight": "embedding.weight",
+    "transformer.ln_f.weight": "norm.scale",
+    "lm_head.weight": "unembedding.weight",
+    "transformer.h.{i}.ln_1.weight": "block.{i}.attn.norm.scale",
+    "transformer.h.{i}.attn.c_attn.weight": "block.{i}.attn.qkv.weight",
+    "transformer.h.{i}.attn.c_attn.bias": "block.{i}.attn.qkv.bias",
+    "transformer.h.{i}.attn.sinks": "block.{i}.attn.sinks",
+    "transformer.h.{i}.attn.c_proj.weight": "block.{i}.attn.out.weight",
+    "transformer.h.{i}.attn.c_proj.bias": "block.{i}.attn.out.bias",
+    "transformer.h.{i}.ln_2.weight": "block.{i}.mlp.norm.scale",
+    "transformer.h.{i}.mlp.router.weight": "block.{i}.mlp.gate.weight",
+    "transformer.h.{i}.mlp.router.bias": "block.{i}.mlp.gate.bias",
+    "transformer.h.{i}.mlp.experts.gate_up_proj": "block.{i}.mlp.mlp1_weight",
+    "transformer.h.{i}.mlp.experts.gate_up_proj_bias": "block.{i}.mlp.mlp1_bias",
+    "transformer.h.{i}.mlp.experts.down_proj": "block.{i}.mlp.mlp2_weight",
+    "transformer.h.{i}.mlp.experts.down_proj_bias": "block.{i}.mlp.mlp2_bias",
+    "transformer.h.{i}.mlp.experts.gate_up_proj_blocks": "block.{i}.mlp.mlp1_weight.blocks",
+    "transformer.h.{i}.mlp.experts.gate_up_proj_scales": "block.{i}.mlp.mlp1_weight.scales",
+    "transformer.h.{i}.mlp.experts.down_proj_blocks": "block.{i}.mlp.mlp2_weight.blocks",
+    "transformer.h.{i}.mlp.experts.down_proj_scales": "block.{i}.mlp.mlp2_weight.scales",
+}
+OPENAI_TRANSPOSED = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")  # plain expert matrices
+
+
+def gpt_oss_state_from_openai(openai_state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Our state dict from one in OpenAI's original gpt-oss layout."""
+    pairs = gpt_oss_name_pairs(config.num_layers, OPENAI_GPT_OSS_NAMES)
+    return {
+        ours: openai_state[theirs].transpose(-1, -2) if ours.endswith(OPENAI_TRANSPOSED) else openai_state[theirs]
+        for ours, theirs in pairs
+        if theirs in openai_state
+    }
+
+
+def gpt_oss_state_to_openai(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """A state dict in OpenAI's original gpt-oss layout from ours."""
+    pairs = gpt_oss_name_pairs(config.num_layers, OPENAI_GPT_OSS_NAMES)
+    return {
+        theirs: state[ours].transpose(-1, -2).contiguous() if ours.endswith(OPENAI_TRANSPOSED) else state[ours]
+        for ours, theirs in pairs
+        if ours in state
+    }

@@ -1,0 +1,67 @@
+"""`gptoss convert SRC DST --to hf|gptoss`: rewrite a checkpoint of any format that
+gptoss.pretrained reads (gptoss, Hugging Face GPT-2 / gpt-oss, OpenAI's original gpt-oss) as a
+Hugging Face or a gptoss checkpoint directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gptoss.model import GPT
+from gptoss.mxfp4 import has_packed_experts
+from gptoss.pretrained import SAVE_FORMATS, detect_format, from_pretrained, load_checkpoint_tokenizer, save_pretrained
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def register_cli(subparsers) -> None:
+    """Add the `convert` verb."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a checkpoint (gptoss, Hugging Face GPT-2/gpt-oss, OpenAI gpt-oss) to Hugging Face or gptoss format",
+        description=__doc__,
+    )
+    parser.add_argument("source", help="checkpoint directory to read")
+    parser.add_argument("destination", help="directory to write (replaced atomically if it exists)")
+    parser.add_argument("--to", choices=SAVE_FORMATS, required=True, help="format to write")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast floating weights (default: keep them as stored)")
+    parser.add_argument(
+        "--dequantize-experts", action="store_true", help="decode MXFP4 experts to plain weights (default: keep them packed)"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        help="tokenizer to save with the model: a kind (gpt2, o200k_harmony) or a folder saved by a gptoss tokenizer "
+        "(default: the one saved with the source, if any)",
+    )
+    parser.set_defaults(func=run_convert)
+
+
+def run_convert(args) -> int:
+    """Load args.source, save it as args.to at args.destination, and say what was written."""
+    format_name, _ = detect_format(args.source)
+    model = from_pretrained(
+        args.source, dtype=DTYPES.get(args.dtype), dequantize_experts=args.dequantize_experts, progress=None
+    )
+    tokenizer = resolve_tokenizer(args.tokenizer, args.source)
+    save_pretrained(model, args.destination, format=args.to, tokenizer=tokenizer)
+    experts = "" if model.config.mlp != "moe" else (", experts MXFP4-packed" if has_packed_experts(model) else ", experts plain")
+    count = GPT(model.config, device="meta").num_parameters()
+    print(
+        f"{format_name} checkpoint {args.source} -> {args.to} checkpoint {args.destination}: {count:,} parameters, "
+        f"{model.transformer.wte.weight.dtype}{experts}; tokenizer: {tokenizer.kind if tokenizer else 'none'}"
+    )
+    return 0
+
+
+def resolve_tokenizer(spec: str | None, source: str | Path):
+    """The tokenizer --tokenizer names (a kind or a saved folder), else the source's own, else None."""
+    from gptoss.tokenizers import TIKTOKEN_KINDS, build_tokenizer, load_tokenizer
+
+    if spec is None:
+        return load_checkpoint_tokenizer(source)
+    if spec in TIKTOKEN_KINDS:
+        return build_tokenizer(spec)
+    if Path(spec).is_dir():
+        return load_tokenizer(spec)
+    raise ValueError(f"--tokenizer {spec!r} is neither a kind ({', '.join(TIKTOKEN_KINDS)}) nor a saved tokenizer folder")
