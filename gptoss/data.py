@@ -29,7 +29,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gptoss.tokenizers import KINDS, Tokenizer, build_tokenizer, load_tokenizer
+from gptoss.tokenizers import (
+    ENCODE_PIECE_CHARS,
+    KINDS,
+    Tokenizer,
+    build_tokenizer,
+    load_tokenizer,
+    next_safe_cut,
+    shared_data_dir,
+)
 
 CORPUS_NAMES = ("pystdlib", "shakespeare")
 FILE_SEPARATOR = "\n\n"
@@ -145,12 +153,6 @@ def shakespeare_path(local_copy: str | Path | None = None) -> Path:
 def cache_dir() -> Path:
     """Where downloads are kept: `$GPTOSS_CACHE`, else `~/.cache/gptoss`."""
     return Path(os.environ.get("GPTOSS_CACHE") or Path.home() / ".cache" / "gptoss")
-
-
-def shared_data_dir() -> Path:
-    """The shared data folder: `$GPTOSS_SHARED_DATA`, else `../shared/data` beside this checkout."""
-    configured = os.environ.get("GPTOSS_SHARED_DATA")
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def download(url: str, destination: Path, sha256: str, how_to_supply: str) -> Path:
@@ -272,17 +274,18 @@ def prepare(
     vocab_size: int = 4096,
     tokenizer_files_dir: str | Path | None = None,
     max_chars: int | None = None,
-    chunk_chars: int = 1 << 20,
+    chunk_chars: int = ENCODE_PIECE_CHARS,
     progress: bool = True,
 ) -> TokenDataset:
     """Tokenize `corpus` into `out_dir` (train.bin, val.bin, meta.json, tokenizer) and load it.
 
-    `tokenizer` is a built tokenizer, or a kind: `char`/`bpe` are then trained on the corpus
+    `tokenizer` is a built tokenizer, or a kind: `char`/`bpe` are then trained on the whole corpus
     (`vocab_size` for bpe), `gpt2`/`o200k_harmony` read `tokenizer_files_dir` if given. The split
     is by characters, like nanoGPT: the first 1 - val_fraction of the text is train. Memory stays
-    bounded: the text is read and encoded in pieces of about `chunk_chars` characters, cut where no
-    tokenizer merges across the cut, so the ids equal encoding all the text at once. Nothing is
-    redone when `out_dir` already holds this text prepared with this tokenizer.
+    bounded: the text is read and encoded in pieces of about `chunk_chars` characters, cut where
+    the ids do not change (`tokenizers.next_safe_cut`), so they equal encoding the train and val
+    text each at once. Nothing is redone when `out_dir` already holds this text prepared with
+    this tokenizer.
     """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -310,7 +313,7 @@ def prepare(
         pieces = _safe_pieces(iter_corpus(corpus, max_chars), chunk_chars, split_char)
         files = {name: open(path, "wb") for name, path in temporaries.items()}
         try:
-            for part, batch in _batches_by_part(pieces, split_char):
+            for part, batch in _batches_by_part(pieces, split_char, batch_chars=4 * chunk_chars):
                 for ids in tokenizer.encode_arrays(batch):
                     ids.astype(dtype).tofile(files[part])
                     counts[part] = counts.get(part, 0) + len(ids)
@@ -361,13 +364,14 @@ def load_tokens(path: str | Path) -> np.ndarray:
 
 
 class _TextChunks:
-    """The corpus's text pieces, re-readable: BPE training iterates it without holding the text."""
+    """The corpus's text in pieces cut at safe cuts, re-readable: tokenizer training iterates it
+    without holding the text, and counts the same words as in the whole text."""
 
     def __init__(self, corpus: str | Path, max_chars: int | None):
         self.corpus, self.max_chars = corpus, max_chars
 
     def __iter__(self) -> Iterator[str]:
-        return iter_corpus(self.corpus, self.max_chars)
+        return _safe_pieces(iter_corpus(self.corpus, self.max_chars), ENCODE_PIECE_CHARS)
 
 
 def _scan_source(corpus: str | Path, max_chars: int | None) -> dict:
@@ -413,22 +417,20 @@ def _read_meta(directory: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _safe_pieces(texts: Iterator[str], chunk_chars: int, split_char: int) -> Iterator[str]:
-    """Re-cut `texts` into pieces of about `chunk_chars`, cut only where encoding is unaffected.
-
-    The safe cut is just after a newline that ends a non-blank line and comes before a letter:
-    every tokenizer here (gpt2's and o200k's pre-token patterns, byte-level BPE's) starts a new
-    pre-token there and never merges across it. A piece is also cut at `split_char`, the
-    train/val boundary. Text with no safe cut for 4 pieces' length is cut anyway, to bound memory.
-    """
+def _safe_pieces(texts: Iterator[str], chunk_chars: int, split_char: int | None = None) -> Iterator[str]:
+    """Re-cut `texts` into pieces of `chunk_chars` and a bit, at cuts that leave the ids unchanged
+    (see `next_safe_cut`), and at `split_char`, the train/val boundary. Text with no safe cut for
+    4 * chunk_chars is cut anyway, to bound memory (the ids may then differ at that one cut)."""
     buffer, emitted = "", 0
     for text in texts:
         buffer += text
         while True:
-            if emitted < split_char <= emitted + len(buffer):
+            if split_char is not None and emitted < split_char <= emitted + len(buffer):
                 cut = split_char - emitted
             elif len(buffer) >= chunk_chars:
-                cut = _last_safe_cut(buffer) or (len(buffer) if len(buffer) >= 4 * chunk_chars else 0)
+                cut = next_safe_cut(buffer, chunk_chars)
+                if cut < 0:  # none yet: wait for more text, up to a bound
+                    cut = len(buffer) if len(buffer) >= 4 * chunk_chars else 0
             else:
                 cut = 0
             if cut == 0:
@@ -440,16 +442,7 @@ def _safe_pieces(texts: Iterator[str], chunk_chars: int, split_char: int) -> Ite
         yield buffer
 
 
-def _last_safe_cut(text: str) -> int:
-    """Index just after the last newline that follows a non-space and precedes a letter; 0 if none."""
-    position = len(text) - 1
-    while (position := text.rfind("\n", 0, position)) > 0:
-        if text[position + 1].isalpha() and not text[position - 1].isspace():
-            return position + 1
-    return 0
-
-
-def _batches_by_part(pieces: Iterator[str], split_char: int, batch_chars: int = 4 << 20):
+def _batches_by_part(pieces: Iterator[str], split_char: int, batch_chars: int):
     """(part, pieces) with part "train" or "val": pieces grouped so a batch encoder can run them in
     parallel, never mixing the two parts."""
     batch, batch_size, emitted = [], 0, 0
@@ -534,7 +527,8 @@ def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "prepare",
         help="tokenize a corpus once into train.bin / val.bin for training",
-        description=prepare.__doc__.splitlines()[0],
+        description="Tokenize a corpus into train.bin, val.bin and meta.json (plus its tokenizer); "
+        "cached by content, so running it again on the same text is instant.",
     )
     parser.add_argument("--corpus", default="pystdlib", help="pystdlib, shakespeare, or a file, folder or glob of UTF-8 text (default: pystdlib)")
     parser.add_argument("--tokenizer", default="bpe", choices=KINDS, help="tokenizer kind (default: bpe)")

@@ -3,8 +3,9 @@
 Kinds:
 - `char`: one id per character, vocabulary = the sorted set of characters of a corpus.
 - `bpe`: byte-level BPE trained on a corpus with Hugging Face `tokenizers`, saved as `tokenizer.json`.
-- `gpt2`, `o200k_harmony`: OpenAI's encodings through `tiktoken`, from local files when given a
-  folder holding them (argument `files_dir` or env `GPTOSS_TOKENIZER_FILES`), else tiktoken's download.
+- `gpt2`, `o200k_harmony`: OpenAI's encodings through `tiktoken`, read from a local folder holding
+  OpenAI's files (argument `files_dir`, else env `GPTOSS_TOKENIZER_FILES`, else the shared data
+  folder's `tokenizers/` when it has them) and checked by sha256; else tiktoken's own download.
 
 Special tokens written in the text (`<|endoftext|>`, and harmony's `<|start|>` etc.) are encoded as
 their special ids, not as plain text: these tokenizers feed our own models, and the chat format
@@ -33,6 +34,8 @@ END_OF_TEXT = "<|endoftext|>"
 DESCRIPTOR_FILE = "gptoss_tokenizer.json"
 BPE_FILE = "tokenizer.json"
 TOKENIZER_FILES_ENV = "GPTOSS_TOKENIZER_FILES"
+TIKTOKEN_FILES = {"gpt2": ("vocab.bpe", "encoder.json"), "o200k_harmony": ("o200k_base.tiktoken",)}
+ENCODE_PIECE_CHARS = 1 << 18
 
 
 class Tokenizer(ABC):
@@ -51,8 +54,8 @@ class Tokenizer(ABC):
         """Id of the end-of-text token, or None when the kind has none (`char`)."""
 
     @abstractmethod
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`."""
+    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        """Ids of each of `texts`, as int64 arrays, encoded in parallel where the backend can."""
 
     @abstractmethod
     def _decode_checked(self, ids: list[int]) -> str:
@@ -66,9 +69,13 @@ class Tokenizer(ABC):
         """Text of `ids` (a list, or a 1-D numpy array or torch tensor)."""
         return self._decode_checked(self._checked_ids(ids))
 
-    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
-        """Ids of many texts at once, as int64 arrays; kinds with a parallel batch encoder use it."""
-        return [np.asarray(self.encode(text), dtype=np.int64) for text in texts]
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`."""
+        # Long texts go in pieces cut where no token can span the cut: the ids are the same, the
+        # pieces are encoded in parallel, and the backends' per-call overhead (tokenizers keeps
+        # offsets and token strings for every id: 2.7 GB for 12 MB of text) stays bounded.
+        pieces = split_at_safe_cuts(text, ENCODE_PIECE_CHARS)
+        return np.concatenate(self.encode_arrays(pieces)).tolist() if pieces else []
 
     @property
     def fingerprint(self) -> str:
@@ -89,11 +96,13 @@ class Tokenizer(ABC):
         if hasattr(ids, "tolist"):  # numpy arrays and torch tensors
             ids = ids.tolist()
         ids = list(ids)
-        bad = next((i for i in ids if not isinstance(i, int) or not 0 <= i < self.vocab_size), None)
-        if bad is not None:
+        if not ids:
+            return ids
+        low, high = min(ids), max(ids)  # a 2-D input gives lists here, and fails the check too
+        if not (isinstance(low, int) and isinstance(high, int) and 0 <= low and high < self.vocab_size):
             raise ValueError(
-                f"cannot decode {bad!r}: ids must be ints in range({self.vocab_size}) for this "
-                f"{self.kind} tokenizer (decode takes a flat sequence of ids)"
+                f"cannot decode ids from {low!r} to {high!r}: ids must be ints in "
+                f"range({self.vocab_size}) for this {self.kind} tokenizer (a flat sequence of them)"
             )
         return ids
 
@@ -110,7 +119,6 @@ class CharTokenizer(Tokenizer):
         self.chars = sorted(set(chars))
         if not self.chars or any(len(char) != 1 for char in self.chars):
             raise ValueError("a char tokenizer needs a non-empty vocabulary of single characters")
-        self._id_of = {char: i for i, char in enumerate(self.chars)}
         # Code points in id order, for the vectorized encoder (searchsorted needs them sorted,
         # which they are: sorted() orders strings of one character by code point).
         self._code_points = np.array([ord(char) for char in self.chars], dtype=np.uint32)
@@ -194,7 +202,8 @@ class BPETokenizer(Tokenizer):
             initial_alphabet=alphabet,  # all 256 bytes, so text unseen in training still encodes
             show_progress=False,
         )
-        chunks = [text] if isinstance(text, str) else text
+        # One huge string costs the trainer gigabytes; pieces cut at safe cuts count the same words.
+        chunks = split_at_safe_cuts(text, ENCODE_PIECE_CHARS) if isinstance(text, str) else text
         seen_text = False
 
         def non_empty_chunks():
@@ -223,9 +232,6 @@ class BPETokenizer(Tokenizer):
     def eot_id(self) -> int:
         return self._eot_id
 
-    def encode(self, text: str) -> list[int]:
-        return self._backend.encode(text, add_special_tokens=False).ids
-
     def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
         # encode_batch_fast skips the character offsets, which we never use; it runs in parallel.
         encodings = self._backend.encode_batch_fast(texts, add_special_tokens=False)
@@ -252,7 +258,7 @@ class TiktokenTokenizer(Tokenizer):
     def __init__(self, kind: str, files_dir: str | Path | None = None):
         if kind not in TIKTOKEN_KINDS:
             raise ValueError(f"unknown tiktoken kind {kind!r}; choose one of {TIKTOKEN_KINDS}")
-        files_dir = files_dir or os.environ.get(TOKENIZER_FILES_ENV) or None
+        files_dir = files_dir or os.environ.get(TOKENIZER_FILES_ENV) or _shared_tokenizer_files(kind)
         self.kind = kind
         self.files_dir = Path(files_dir).resolve() if files_dir else None
         self._encoding = _tiktoken_encoding(kind, self.files_dir)
@@ -264,9 +270,6 @@ class TiktokenTokenizer(Tokenizer):
     @property
     def eot_id(self) -> int:
         return self._encoding.eot_token
-
-    def encode(self, text: str) -> list[int]:
-        return self._encoding.encode(text, allowed_special="all")
 
     def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
         batches = self._encoding.encode_batch(texts, allowed_special="all")  # threads, GIL released
@@ -281,6 +284,19 @@ class TiktokenTokenizer(Tokenizer):
     def _identity(self) -> dict:
         # The files are verified against tiktoken's sha256, so the name alone fixes the ids.
         return {"kind": self.kind}
+
+
+def shared_data_dir() -> Path:
+    """The shared data folder: `$GPTOSS_SHARED_DATA`, else `../shared/data` beside this checkout."""
+    configured = os.environ.get("GPTOSS_SHARED_DATA")
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _shared_tokenizer_files(kind: str) -> Path | None:
+    """The shared data folder's `tokenizers/` when it holds the files of `kind`, so that gpt2 and
+    o200k_harmony work offline in a checkout beside it; else None (tiktoken downloads them)."""
+    folder = shared_data_dir() / "tokenizers"
+    return folder if all((folder / name).is_file() for name in TIKTOKEN_FILES[kind]) else None
 
 
 # tiktoken's constructor for each encoding names the download URL and the sha256 of every file it
@@ -355,6 +371,31 @@ def load_tokenizer(directory: str | Path, files_dir: str | Path | None = None) -
             files_dir = saved_dir
         return TiktokenTokenizer(kind, files_dir)
     raise ValueError(f"{descriptor_path} names an unknown tokenizer kind {kind!r}")
+
+
+def next_safe_cut(text: str, start: int = 0) -> int:
+    """The first index at or after `start` where `text` may be cut before encoding; -1 if none.
+
+    A safe cut is just before a newline that follows a letter. Encoding the two sides separately
+    then gives the same ids as encoding the whole, for every kind here: gpt2's and o200k's
+    pre-token patterns and byte-level BPE's all end a word at the newline (a word never takes in
+    whitespace), the newline starts the next pre-token either way, and BPE never merges across
+    pre-tokens. Special tokens hold no newline, so none is cut in two.
+    """
+    position = max(start, 1) - 1
+    while (position := text.find("\n", position + 1)) > 0:
+        if text[position - 1].isalpha():
+            return position
+    return -1
+
+
+def split_at_safe_cuts(text: str, piece_chars: int) -> list[str]:
+    """`text` cut at the first safe cut (see `next_safe_cut`) after every `piece_chars` characters."""
+    pieces, start = [], 0
+    while (cut := next_safe_cut(text, start + piece_chars)) > 0:
+        pieces.append(text[start:cut])
+        start = cut
+    return pieces + [text[start:]] if start < len(text) else pieces
 
 
 def _write_atomic(path: Path, text: str) -> None:

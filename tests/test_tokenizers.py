@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+
 import numpy as np
 import pytest
 import tiktoken
@@ -9,12 +12,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import shared_data_path
 from gptoss.tokenizers import (
+    ENCODE_PIECE_CHARS,
     BPETokenizer,
     CharTokenizer,
     TiktokenTokenizer,
     build_tokenizer,
     load_tokenizer,
+    split_at_safe_cuts,
 )
 
 # Arbitrary Unicode (hypothesis leaves out lone surrogates, which no str encodes to UTF-8), plus
@@ -62,17 +68,13 @@ def harmony(tokenizer_dir_module) -> TiktokenTokenizer:
 
 @pytest.fixture(scope="module")
 def tokenizer_dir_module():
-    from conftest import shared_data_path
-
+    """conftest's `tokenizer_dir`, for module-scoped fixtures (it fails or skips the same way)."""
     return shared_data_path("tokenizers/o200k_base.tiktoken").parent
 
 
 @pytest.fixture(scope="module")
 def tiktoken_reference(tokenizer_dir_module, tmp_path_factory):
     """tiktoken's own encodings, loaded offline the way SOURCES.md describes (TIKTOKEN_CACHE_DIR)."""
-    import hashlib
-    import shutil
-
     cache = tmp_path_factory.mktemp("tiktoken_cache")
     for url in [
         "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
@@ -186,6 +188,24 @@ def test_gpt2_known_ids(gpt2):
     assert gpt2.encode("<|endoftext|>") == [50256]
 
 
+def test_long_text_is_encoded_in_pieces_with_the_same_ids(bpe, gpt2, harmony, tiktoken_reference):
+    lines = ["First Citizen:", "Speak, speak", "    return x  # café", "", "import os", "  👍 e\u0301"]
+    text = "\n".join(lines[i % len(lines)] for i in range(50_000))  # 0.6 MB: cut into pieces
+    assert len(split_at_safe_cuts(text, ENCODE_PIECE_CHARS)) > 1
+    assert gpt2.encode(text) == tiktoken_reference["gpt2"].encode(text, allowed_special="all")
+    assert harmony.encode(text) == tiktoken_reference["o200k_harmony"].encode(text, allowed_special="all")
+    assert bpe.encode(text) == bpe._backend.encode(text, add_special_tokens=False).ids
+
+
+def test_split_at_safe_cuts_keeps_all_text():
+    text = "ab\ncd\n" * 100
+    pieces = split_at_safe_cuts(text, 10)
+    assert "".join(pieces) == text
+    assert all(piece.startswith("\n") for piece in pieces[1:]) and max(map(len, pieces)) <= 20
+    assert split_at_safe_cuts("x" * 50, 10) == ["x" * 50]  # no cut at all: one piece
+    assert split_at_safe_cuts("", 10) == []
+
+
 def test_o200k_harmony_vocabulary_and_special_tokens(harmony):
     assert harmony.vocab_size == 201088
     assert harmony.eot_id == 199999
@@ -202,6 +222,12 @@ def test_tiktoken_files_dir_from_environment(monkeypatch, tokenizer_dir_module):
     tokenizer = build_tokenizer("gpt2")
     assert tokenizer.files_dir == tokenizer_dir_module.resolve()
     assert tokenizer.encode("Hello world") == [15496, 995]
+
+
+def test_tiktoken_files_found_in_the_shared_data_folder(monkeypatch, tokenizer_dir_module):
+    monkeypatch.delenv("GPTOSS_TOKENIZER_FILES", raising=False)
+    monkeypatch.setenv("GPTOSS_SHARED_DATA", str(tokenizer_dir_module.parent))
+    assert TiktokenTokenizer("o200k_harmony").files_dir == tokenizer_dir_module.resolve()
 
 
 def test_tiktoken_missing_file_says_which_and_how_to_fix(tmp_path):
