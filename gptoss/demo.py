@@ -73,8 +73,14 @@ def main(argv: list[str] | None = None) -> None:
     save_model(model, args.out, tokenizer)
     print(f"saved model and tokenizer to {args.out}")
 
-    prompt = torch.tensor([tokenizer.encode(text[:1])])
-    generator = torch.Generator().manual_seed(args.seed)
-    sample = model.generate(prompt, args.sample_tokens, temperature=0.8, top_k=40, generator=generator)
     print("--- sample ---")
-    print(tokenizer.decode(sample[0].tolist()))
+    print(sample(model, tokenizer, text[:1], args.sample_tokens, seed=args.seed))
+
+
+def sample(model, tokenizer, prompt: str, max_new_tokens: int, seed: int) -> str:
+    """Text sampled from `model` after `prompt` (temperature 0.8, top-k 40); the same seed gives
+    the same text."""
+    ids = torch.tensor([tokenizer.encode(prompt)])
+    generator = torch.Generator().manual_seed(seed)
+    out = model.generate(ids, max_new_tokens, temperature=0.8, top_k=40, generator=generator)
+    return tokenizer.decode(out[0].tolist())

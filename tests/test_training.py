@@ -12,6 +12,8 @@ import torch
 
 from conftest import REPO_ROOT, seed_document
 from gptoss import GPT, GPTConfig
+from gptoss.checkpoint import load_model
+from gptoss.demo import sample
 from gptoss.tokenizers import CharTokenizer
 from gptoss.training import train_model
 
@@ -101,3 +103,19 @@ def test_python_train_py_demo(tmp_path):
     assert len(losses) == 2 and losses[1] < losses[0], out.stdout
     assert "--- sample ---" in out.stdout
     assert (tmp_path / "demo" / "model.safetensors").is_file()
+
+
+def test_train_py_shakespeare_bpe_reloads_with_its_tokenizer(tmp_path, shakespeare_text):
+    """`python train.py --dataset shakespeare --tokenizer bpe` trains, saves the model with its
+    tokenizer, and the reloaded pair generates exactly the sample the run printed."""
+    out = subprocess.run(
+        [sys.executable, "train.py", "--dataset", "shakespeare", "--tokenizer", "bpe", "--vocab-size", "512",
+         "--max-chars", "120000", "--epochs", "1", "--seq-len", "64", "--sample-tokens", "40", "--seed", "5",
+         "--out", str(tmp_path / "run")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    printed = out.stdout.split("--- sample ---\n", 1)[1].rstrip("\n")
+    model, tokenizer = load_model(tmp_path / "run")
+    assert tokenizer.kind == "bpe" and tokenizer.vocab_size == 512
+    assert sample(model, tokenizer, shakespeare_text[:1], 40, seed=5) == printed
