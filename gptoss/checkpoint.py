@@ -57,8 +57,11 @@ def write_directory_atomically(directory: str | Path, write) -> Path:
     return directory
 
 
-def save_model(model: GPT, directory: str | Path, tokenizer=None, metadata: dict | None = None) -> Path:
-    """Save model (+ its tokenizer, + free-form metadata) as a checkpoint directory."""
+def save_model(model: GPT, directory: str | Path, tokenizer=None, metadata: dict | None = None, write_extra=None) -> Path:
+    """Save model (+ its tokenizer, + free-form metadata) as a checkpoint directory.
+
+    write_extra(tmp_dir), if given, adds more files (e.g. a trainer's state) in the same atomic write.
+    """
     model = getattr(model, "_orig_mod", model)
 
     def write(tmp: Path) -> None:
@@ -67,6 +70,8 @@ def save_model(model: GPT, directory: str | Path, tokenizer=None, metadata: dict
         save_file(model_state_dict(model), str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         if tokenizer is not None:
             tokenizer.save(tmp / "tokenizer")
+        if write_extra is not None:
+            write_extra(tmp)
 
     return write_directory_atomically(directory, write)
 

@@ -12,6 +12,10 @@ import importlib
 # verb modules, in the order their help is shown
 COMMAND_MODULES = [
     "gptoss.data",  # prepare
+    "gptoss.convert",  # convert
+    "gptoss.train_cli",  # train
+    "gptoss.generation",  # generate
+    "gptoss.chat",  # chat
 ]
 
 

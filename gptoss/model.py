@@ -379,12 +379,15 @@ class GPT(nn.Module):
         *,
         cache: KVCache | None = None,
         padding_mask: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ):
         """Logits (B, T, vocab_size) for token ids (B, T).
 
         targets (B, T): also return the mean next-token cross-entropy, as (logits, loss); ids of -1
         are ignored. cache: continue from (and extend) a KVCache. padding_mask (B, T) bool: False
         marks padding (e.g. left padding of batched prompts), which no token attends to.
+        logits_to_keep: compute logits for the last n positions only, (B, n, vocab_size) (0: all);
+        generation needs only the last one, which spares the unembedding of the whole prompt.
         """
         self.check_input(idx)
         B, T = idx.shape
@@ -405,7 +408,9 @@ class GPT(nn.Module):
             x = block(x, positions, rope, cache.layers[layer] if cache is not None else None, plain_causal)
         if cache is not None:
             cache.advance(positions)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T or logits_to_keep, vocab_size)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
@@ -432,6 +437,22 @@ class GPT(nn.Module):
         if self.config.mlp != "moe" or not self.training or self.config.router_aux_loss_coef == 0:
             return None
         return sum(block.mlp.aux_loss for block in self.transformer.h)
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def from_pretrained(cls, path, **kwargs) -> "GPT":
+        """Load a checkpoint directory: this project's, Hugging Face GPT-2 / gpt-oss (MXFP4 included)
+        or OpenAI's original gpt-oss layout. See gptoss.pretrained.from_pretrained for the options."""
+        from gptoss.pretrained import from_pretrained
+
+        return from_pretrained(path, **kwargs)
+
+    def save_pretrained(self, directory, format: str = "hf", tokenizer=None):
+        """Write this model as a Hugging Face (format="hf") or gptoss checkpoint directory; see
+        gptoss.pretrained.save_pretrained."""
+        from gptoss.pretrained import save_pretrained
+
+        return save_pretrained(self, directory, format=format, tokenizer=tokenizer)
 
     # ------------------------------------------------------------------ generation
     def new_cache(self, batch_size: int, capacity: int | None = None, dtype: torch.dtype | None = None) -> KVCache:

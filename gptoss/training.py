@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gptoss.data import epoch_batches
+from gptoss.trainer import adamw  # the trainer's: decay on weight matrices only
 
 
 def as_token_tensor(data, name: str, seq_len: int) -> torch.Tensor:
@@ -26,15 +27,6 @@ def as_token_tensor(data, name: str, seq_len: int) -> torch.Tensor:
     if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
     return tokens.reshape(-1).long()
-
-
-def adamw(model: torch.nn.Module, learning_rate: float, weight_decay: float, **kwargs) -> torch.optim.AdamW:
-    """AdamW that decays only matrices: biases, norm gains and sinks are left alone."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), **kwargs)
 
 
 @torch.no_grad()

@@ -1,0 +1,239 @@
+"""Prefill and decode speed (tokens/s) and peak memory of gptoss generation, against Hugging Face
+`generate` on the same weights, in the same run; and the memory-bandwidth bound of decoding.
+
+    flock /tmp/gptoss-cpu.lock .venv/bin/python bench/bench_decode.py
+
+Each model (GPT-2 small and gpt-oss-tiny, random weights from a fixed seed) is written once as a
+Hugging Face checkpoint; then, for every (model, batch, dtype), one fresh process per
+implementation loads it (ours: GPT.from_pretrained + prepare_for_inference; theirs:
+AutoModelForCausalLM.from_pretrained) and generates greedily from the same random prompts. Both are
+timed the same way: t(1) = generate 1 new token (the prompt's prefill, mostly), t(n) = generate n;
+prefill tok/s = batch * prompt / t(1) and decode tok/s = batch * (n - 1) / (t(n) - t(1)), each
+time the best of --repeats. Peak RSS is the process's own maximum resident memory (VmHWM),
+Python, torch and the libraries included. The implementations alternate, --rounds times, and the
+best of each is kept: the machine is shared and noisy, so compare ratios, not absolute figures.
+
+The bound: decoding one step reads every weight once (the embedding tables only a row; of the
+experts only those routed to), so tokens/s <= batch * read bandwidth / bytes of weights per step.
+The bandwidth is measured here as the speed of torch.sum over 512 MiB (KV-cache reads, small
+next to the weights at these lengths, are left out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+CONFIGS = [  # (preset, batch, dtype)
+    ("gpt2-small", 1, "float32"),
+    ("gpt2-small", 1, "bfloat16"),
+    ("gpt2-small", 8, "float32"),
+    ("gpt2-small", 8, "bfloat16"),
+    ("gpt-oss-tiny", 1, "float32"),
+    ("gpt-oss-tiny", 1, "bfloat16"),
+    ("gpt-oss-tiny", 8, "float32"),
+]
+
+
+def write_checkpoint(preset: str, directory: Path) -> None:
+    """A Hugging Face checkpoint of `preset` with random weights (seed 0)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GptOssConfig, GptOssForCausalLM
+
+    from gptoss.config import GPTConfig
+    from gptoss.hf import config_to_hf_gpt2, config_to_hf_gpt_oss
+
+    config = GPTConfig.preset(preset, dropout=0.0)
+    torch.manual_seed(0)
+    if config.mlp == "moe":
+        hf_config = config_to_hf_gpt_oss(config)
+        model = GptOssForCausalLM(GptOssConfig(**{k: v for k, v in hf_config.items() if k not in ("model_type", "architectures")}))
+    else:
+        hf_config = config_to_hf_gpt2(config)
+        model = GPT2LMHeadModel(GPT2Config(**{k: v for k, v in hf_config.items() if k not in ("model_type", "architectures")}))
+    model.save_pretrained(directory)
+
+
+def weight_bytes_per_step(preset: str, batch: int, dtype: torch.dtype) -> int:
+    """Bytes of weights one decoding step reads: everything but the embedding tables (a row each;
+    a tied table is read whole as the unembedding), and of the experts only those routed to."""
+    from gptoss.config import GPTConfig
+    from gptoss.model import GPT
+
+    config = GPTConfig.preset(preset)
+    model = GPT(config, device="meta")
+    active_experts = min(config.num_experts, batch * config.experts_per_token) if config.mlp == "moe" else 0
+    count = 0.0
+    for name, p in model.named_parameters():  # a tied unembedding is listed once, as wte
+        if name == "transformer.wpe.weight" or (name == "transformer.wte.weight" and not config.tie_embeddings):
+            continue
+        count += p.numel() * (active_experts / config.num_experts if ".experts." in name else 1)
+    return int(count * dtype.itemsize)
+
+
+def matrix_vector_table() -> list[str]:
+    """Markdown rows: one decoding step's worth of GPT-2 small's matrix-vector products (its 49
+    linear weights, random), timed as F.linear does them and as prepare_for_inference's
+    OneDNNLinear does, against torch.sum over the same weights; best of 5."""
+    import torch.nn as nn
+
+    from gptoss.config import GPTConfig
+    from gptoss.generation import prepare_for_inference
+    from gptoss.model import GPT
+
+    model = GPT(GPTConfig.preset("gpt2-small"), device="meta")
+    shapes = [(m.in_features, m.out_features, m.bias is not None) for m in model.modules() if isinstance(m, nn.Linear)]
+    rows = []
+    for dtype in DTYPES.values():
+        layers = nn.ModuleList(nn.Linear(i, o, bias=bias, dtype=dtype) for i, o, bias in shapes)
+        inputs = {i: torch.randn(1, i, dtype=dtype) for i, _, _ in shapes}
+        nbytes = sum(p.numel() * p.element_size() for p in layers.parameters())
+
+        def one_step():
+            for layer in layers:
+                layer(inputs[layer.in_features])
+
+        with torch.no_grad():
+            plain = min(timed(one_step) for _ in range(5))
+            summed = min(timed(lambda: [layer.weight.sum() for layer in layers]) for _ in range(5))
+            prepare_for_inference(layers)
+            packed = min(timed(one_step) for _ in range(5))
+        rate = lambda seconds: f"{seconds * 1e3:.1f} ms ({nbytes / seconds / 1e9:.0f} GB/s)"  # noqa: E731
+        rows.append(f"| {str(dtype).removeprefix('torch.')} | {nbytes / 1e6:.0f} MB | {rate(plain)} | {rate(packed)} | {rate(summed)} |")
+    return rows
+
+
+def read_bandwidth() -> float:
+    """Bytes/s at which torch.sum reads a 512 MiB tensor (best of 5)."""
+    data = torch.ones(2**27)
+    best = min(timed(data.sum) for _ in range(5))
+    return data.numel() * data.element_size() / best
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------------------- one run
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: on Linux that
+    survives exec, so a child started by a big parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status: peak memory is measured on Linux only")
+
+
+def worker(impl: str, directory: str, batch: int, dtype_name: str, prompt_length: int, new_tokens: int, repeats: int) -> dict:
+    """Load the checkpoint with `impl` (ours or hf), time generation, report as a dict."""
+    dtype = DTYPES[dtype_name]
+    if impl == "ours":
+        from gptoss.generation import generate, prepare_for_inference
+        from gptoss.model import GPT
+
+        model = prepare_for_inference(GPT.from_pretrained(directory, dtype=dtype))
+        vocab = model.config.vocab_size
+
+        def run(n):
+            return generate(model, prompt, n, temperature=0)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).eval()
+        vocab = model.config.vocab_size
+
+        def run(n):
+            return model.generate(
+                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
+                do_sample=False, pad_token_id=0,
+            )
+
+    prompt = torch.randint(0, vocab, (batch, prompt_length), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        run(2)  # warm-up
+        first = min(timed(lambda: run(1)) for _ in range(repeats))
+        total = min(timed(lambda: run(new_tokens)) for _ in range(repeats))
+        tokens = run(new_tokens)[:, prompt_length:].tolist()
+    return {
+        "prefill": batch * prompt_length / first,
+        "decode": batch * (new_tokens - 1) / (total - first),
+        "rss_mib": peak_rss_mib(),
+        "tokens": tokens,
+    }
+
+
+def run_worker(impl: str, directory: Path, batch: int, dtype: str, args) -> dict:
+    command = [
+        sys.executable, __file__, "--worker", impl, str(directory), str(batch), dtype,
+        "--prompt-length", str(args.prompt_length), "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{impl} {directory.name} batch {batch} {dtype} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs=4, metavar=("IMPL", "DIR", "BATCH", "DTYPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--models", nargs="+", default=["gpt2-small", "gpt-oss-tiny"], help="presets to measure")
+    parser.add_argument("--prompt-length", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="timings per process; the best is kept (default: 3)")
+    parser.add_argument("--rounds", type=int, default=2, help="processes per implementation and configuration (default: 2)")
+    args = parser.parse_args()
+    if args.worker:
+        impl, directory, batch, dtype = args.worker
+        result = worker(impl, directory, int(batch), dtype, args.prompt_length, args.new_tokens, args.repeats)
+        print(json.dumps(result))
+        return
+
+    bandwidth = read_bandwidth()
+    print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}; read bandwidth (torch.sum over 512 MiB) "
+          f"{bandwidth / 1e9:.1f} GB/s\n")
+    print("One decoding step of GPT-2 small's matrix-vector products (its 49 linear weights):\n")
+    print("| dtype | weights | F.linear | OneDNNLinear (packed) | torch.sum of the weights |")
+    print("|---|---|---|---|---|")
+    print("\n".join(matrix_vector_table()))
+    print(f"\nGeneration: prompt {args.prompt_length} random tokens, {args.new_tokens} new, greedy\n")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in args.models:
+            directory = Path(tmp) / preset
+            write_checkpoint(preset, directory)
+            for name, batch, dtype in CONFIGS:
+                if name != preset:
+                    continue
+                best = {"ours": None, "hf": None}
+                for _ in range(args.rounds):
+                    for impl in best:
+                        result = run_worker(impl, directory, batch, dtype, args)
+                        if best[impl] is None or result["decode"] > best[impl]["decode"]:
+                            best[impl] = result
+                bound = batch * bandwidth / weight_bytes_per_step(preset, batch, DTYPES[dtype])
+                rows.append((preset, batch, dtype, best["ours"], best["hf"], bound))
+                print(f"  measured {preset} batch {batch} {dtype}", file=sys.stderr, flush=True)
+
+    print("| model | batch | dtype | prefill tok/s | decode tok/s | peak RSS | HF prefill tok/s | HF decode tok/s "
+          "| HF peak RSS | decode vs HF | bandwidth bound tok/s | same tokens as HF |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for preset, batch, dtype, ours, hf, bound in rows:
+        print(
+            f"| {preset} | {batch} | {dtype} | {ours['prefill']:,.0f} | {ours['decode']:,.1f} | {ours['rss_mib']:,.0f} MiB "
+            f"| {hf['prefill']:,.0f} | {hf['decode']:,.1f} | {hf['rss_mib']:,.0f} MiB | {ours['decode'] / hf['decode']:.2f}x "
+            f"| {bound:,.0f} | {'yes' if ours['tokens'] == hf['tokens'] else 'no'} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""The trainer: config checking, gradient accumulation, the NaN guard, atomic checkpoints, exact
+resume after SIGKILL, SIGTERM, compiled checkpoints, metrics and bits per byte."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gptoss.checkpoint import load_model
+from gptoss.cli import main
+from gptoss.trainer import Trainer, TrainConfig, TrainingDiverged, checkpoint_dirs, read_trainer_state
+from gptoss.train_cli import apply_override, build_config, read_config_file
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY_MODEL = {"preset": "tiny", "d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64, "max_seq_len": 64}
+# columns that must match between an interrupted-and-resumed run and an uninterrupted one
+EXACT_COLUMNS = ("step", "tokens", "lr", "train_loss", "grad_norm", "val_loss")
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Path:
+    from conftest import shared_data_path
+
+    return shared_data_path("tinyshakespeare/input.txt")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")  # the corpus is tokenized once, then reused (cached)
+
+
+def tiny_config(corpus, data_dir, run_dir, **changes) -> TrainConfig:
+    values = dict(
+        run_dir=str(run_dir), corpus=str(corpus), data_dir=str(data_dir), max_chars=200_000, model=TINY_MODEL,
+        seq_len=32, batch_size=8, max_steps=6, warmup_steps=2, learning_rate=3e-3, eval_every=3, eval_sequences=8,
+        checkpoint_every=3, log_every=1, progress=False, tensorboard=False,
+    )  # fmt: skip
+    return TrainConfig.from_dict(values | changes)
+
+
+def write_toml(path: Path, config: TrainConfig) -> Path:
+    """config as a TOML file (flat keys first, then the [model] table)."""
+
+    def value(v):
+        return "true" if v is True else "false" if v is False else f'"{v}"' if isinstance(v, str) else repr(v)
+
+    values = config.to_dict()
+    lines = [f"{k} = {value(v)}" for k, v in values.items() if k != "model"]
+    lines += ["[model]"] + [f"{k} = {value(v)}" for k, v in values["model"].items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(checkpoint_dirs(run_dir)[-1] / "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    "changes, error, match",
+    [
+        (dict(learnig_rate=1e-3), ValueError, "unknown training config key 'learnig_rate'; did you mean 'learning_rate'"),
+        (dict(learning_rate=-1e-3), ValueError, "learning_rate must be > 0"),
+        (dict(batch_size=10, micro_batch_size=4), ValueError, r"batch_size \(10\) must be a multiple of micro_batch_size \(4\)"),
+        (dict(batch_size=0), ValueError, "batch_size must be >= 1"),
+        (dict(batch_size="8"), TypeError, "'batch_size' must be of type int"),
+        (dict(compile=1), TypeError, "'compile' must be of type bool"),
+        (dict(schedule="linear"), ValueError, "unknown learning-rate schedule 'linear'"),
+        (dict(min_lr=1.0), ValueError, "min_lr must be in"),
+        (dict(warmup_steps=100), ValueError, "warmup_steps must be in"),
+        (dict(precision="fp8"), ValueError, "precision must be one of fp32, bf16, fp16"),
+        (dict(device="gpu"), ValueError, "device must be auto, cpu, cuda or cuda:N"),
+        (dict(parallel="zero3"), ValueError, "parallel must be one of ddp, fsdp"),
+        (dict(model={"preset": "huge"}), ValueError, "preset must be one of"),
+        (dict(tokenizer="words"), ValueError, "tokenizer must be one of char, bpe, gpt2, o200k_harmony"),
+        (dict(model={"preset": "tiny", "layers": 3}), ValueError, r"unknown \[model\] key\(s\) \['layers'\]"),
+        (dict(model={"preset": "tiny", "d_model": 30}), ValueError, "divisible by num_heads"),
+        (dict(seq_len=512), ValueError, "seq_len=512 exceeds the model's max_seq_len=64"),
+        (dict(beta2=1.0), ValueError, "beta2 must be in"),
+    ],
+)
+def test_bad_config_values_are_rejected(corpus, data_dir, tmp_path, changes, error, match):
+    with pytest.raises(error, match=match):
+        tiny_config(corpus, data_dir, tmp_path, **changes)
+
+
+def test_fp16_needs_cuda(corpus, data_dir, tmp_path):
+    with pytest.raises(ValueError, match="fp16.*needs CUDA.*bf16"):
+        Trainer(tiny_config(corpus, data_dir, tmp_path, precision="fp16", device="cpu"))
+
+
+def test_cli_reports_bad_values_and_exits_2(capsys):
+    assert main(["train", "--set", "learning_rate=-0.1"]) == 2
+    assert "error: learning_rate must be > 0, got -0.1" in capsys.readouterr().err
+    assert main(["train", "--set", "max_stepz=3"]) == 2
+    assert "did you mean 'max_steps'" in capsys.readouterr().err
+
+
+def test_overrides_are_read_as_toml_values():
+    values = apply_override({}, "learning_rate=3e-4")
+    values = apply_override(values, "model.d_model=256")
+    values = apply_override(values, "corpus=data/my text.txt")  # not TOML: kept as a string
+    values = apply_override(values, "compile=true")
+    assert values == {"learning_rate": 3e-4, "model": {"d_model": 256}, "corpus": "data/my text.txt", "compile": True}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        apply_override({}, "learning_rate")
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_example_configs_are_valid(path):
+    TrainConfig.from_dict(read_config_file(path))
+
+
+def test_toml_file_and_overrides(corpus, data_dir, tmp_path):
+    path = write_toml(tmp_path / "run.toml", tiny_config(corpus, data_dir, tmp_path / "run"))
+    config, checkpoint = build_config(str(path), ["max_steps=9", "model.d_model=64"], None)
+    assert config.max_steps == 9 and config.model["d_model"] == 64 and config.model["num_layers"] == 2
+    assert checkpoint is None
+    config, _ = build_config(None, ["model.d_model=64", "seq_len=64"], None)  # the preset defaults to tiny
+    assert config.model_config().d_model == 64 and config.model_config().num_layers == 4
+
+
+def test_yaml_config_file(tmp_path):
+    pytest.importorskip("yaml")
+    path = tmp_path / "run.yaml"
+    path.write_text("learning_rate: 0.002\nseq_len: 32\nmodel:\n  preset: tiny\n  d_model: 64\n")
+    config, _ = build_config(str(path), [], None)
+    assert config.learning_rate == 2e-3 and config.model_config().d_model == 64
+
+
+# ---------------------------------------------------------------------------------------- updates
+def test_accumulating_micro_batches_equals_one_large_batch(corpus, data_dir, tmp_path):
+    """4 micro-batches of 2 windows give the same updates as 1 batch of 8 (float rounding aside)."""
+    runs = {}
+    for micro in (8, 2):
+        trainer = Trainer(tiny_config(corpus, data_dir, tmp_path / f"micro{micro}", micro_batch_size=micro, max_steps=3))
+        assert trainer.accumulation == 8 // micro
+        losses = [trainer.train_step()["train_loss"] for _ in range(3)]
+        trainer.step = 3
+        runs[micro] = losses, {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
+    assert runs[2][0] == pytest.approx(runs[8][0], abs=1e-6)
+    for name, weight in runs[8][1].items():
+        torch.testing.assert_close(runs[2][1][name], weight, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_gpt_oss_moe_in_bf16_trains_and_logs_the_aux_loss(corpus, data_dir, tmp_path):
+    model = {"preset": "gpt-oss-tiny", "d_model": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
+             "head_dim": 16, "d_ff": 32, "num_experts": 4, "experts_per_token": 2, "sliding_window": 8,
+             "max_seq_len": 64}  # fmt: skip
+    trainer = Trainer(tiny_config(corpus, data_dir, tmp_path, model=model, precision="bf16", max_steps=3))
+    trainer.fit()
+    rows = metrics(tmp_path)
+    aux = [float(r["aux_loss"]) for r in rows if r["train_loss"]]
+    assert len(aux) == 3 and all(a >= 1.0 for a in aux)  # top-2 of 4 experts: 2 when uniform (E * sum f p)
+    assert all(math.isfinite(float(r["train_loss"])) for r in rows if r["train_loss"])
+
+
+def test_weight_decay_only_on_matrices(corpus, data_dir, tmp_path):
+    for decay_embeddings in (True, False):
+        trainer = Trainer(tiny_config(corpus, data_dir, tmp_path, decay_embeddings=decay_embeddings))
+        decayed = {id(p) for g in trainer.optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+        names = {name for name, p in trainer.raw_model.named_parameters() if id(p) in decayed}
+        assert all(name.endswith("weight") and "ln_" not in name for name in names)
+        assert "transformer.h.0.attn.c_attn.weight" in names
+        assert ("transformer.wte.weight" in names) == decay_embeddings
+
+
+def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(corpus, data_dir, tmp_path):
+    trainer = Trainer(tiny_config(corpus, data_dir, tmp_path, checkpoint_every=2, max_steps=10))
+    real_forward = trainer.model.forward
+
+    def forward_going_nan_at_step_4(idx, targets):
+        logits, loss = real_forward(idx, targets)
+        return logits, loss * math.nan if trainer.step == 3 else loss  # step counts finished updates
+
+    trainer.model.forward = forward_going_nan_at_step_4
+    with pytest.raises(TrainingDiverged, match=r"step 4: the loss is nan.*Last good checkpoint: .*step-0000002"):
+        trainer.fit()
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-0000002"]
+    model, _ = load_model(tmp_path / "checkpoints" / "step-0000002")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert read_trainer_state(tmp_path / "checkpoints" / "step-0000002")["step"] == 2
+
+
+def test_a_save_interrupted_midway_leaves_the_previous_checkpoint_loadable(corpus, data_dir, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(corpus, data_dir, tmp_path, max_steps=4))
+    trainer.train_step()
+    trainer.step = 1
+    first = trainer.save_checkpoint()
+    trainer.save_best(1.0)
+    before = load_file(str(first / "model.safetensors"))
+    trainer.train_step()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full (simulated, midway through the save)")
+
+    # a new checkpoint dies after its weights are written, before its trainer state
+    trainer.step = 2
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="simulated"):
+        trainer.save_checkpoint()
+    # best/ is rewritten in place: dies in the middle of writing the weights
+    monkeypatch.setattr("gptoss.checkpoint.save_file", crash)
+    with pytest.raises(OSError, match="simulated"):
+        trainer.save_best(0.5)
+    monkeypatch.undo()
+
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-0000001"]
+    assert not list((tmp_path / "checkpoints").glob(".*")), "temporary folders are cleaned up"
+    model, tokenizer = load_model(first)
+    assert tokenizer is not None
+    for name, tensor in load_file(str(first / "model.safetensors")).items():
+        assert torch.equal(tensor, before[name])
+    assert read_trainer_state(first)["step"] == 1
+    best, _ = load_model(tmp_path / "best")
+    assert all(torch.equal(best.state_dict()[k], v) for k, v in before.items())
+
+
+def test_compiled_model_checkpoint_loads_uncompiled_and_back(corpus, data_dir, tmp_path, monkeypatch):
+    # the eager backend: what matters here is the compiled wrapper (_orig_mod), not code generation
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    compiled = Trainer(tiny_config(corpus, data_dir, tmp_path / "compiled", compile=True, max_steps=3))
+    assert hasattr(compiled.model, "_orig_mod")
+    compiled.fit()
+    checkpoint = checkpoint_dirs(tmp_path / "compiled")[-1]
+    uncompiled, _ = load_model(checkpoint)
+    assert set(uncompiled.state_dict()) == set(compiled.raw_model.state_dict())
+    x = compiled.val_x[:2]
+    torch.testing.assert_close(uncompiled(x), compiled.raw_model.eval()(x))
+
+    # resume the compiled run's checkpoint without compiling, then that one compiled again
+    plain = Trainer(tiny_config(corpus, data_dir, tmp_path / "plain", max_steps=4), resume=checkpoint)
+    assert not hasattr(plain.model, "_orig_mod") and plain.step == 3
+    plain.fit()
+    again = Trainer(tiny_config(corpus, data_dir, tmp_path / "again", compile=True, max_steps=5), resume=tmp_path / "plain")
+    assert again.step == 4
+    assert again.fit()["steps"] == 5
+
+
+def test_metrics_curve_summary_and_bits_per_byte(corpus, data_dir, tmp_path):
+    config = tiny_config(corpus, data_dir / "bpe", tmp_path, tokenizer="bpe", bpe_vocab_size=300, log_every=2)
+    trainer = Trainer(config)
+    summary = trainer.fit()
+    rows = metrics(tmp_path)
+    assert [r["step"] for r in rows] == ["2", "3", "4", "6"]  # logs every 2, evals every 3
+    assert rows[1]["train_loss"] == "" and rows[1]["val_loss"] != ""
+    val_tokens = trainer.val_y.numel()
+    val_bytes = sum(len(trainer.data.tokenizer.decode(row).encode()) for row in trainer.val_y)
+    last = rows[-1]
+    assert float(last["val_bpb"]) == pytest.approx(float(last["val_loss"]) * val_tokens / (math.log(2) * val_bytes))
+    assert float(last["val_ppl"]) == pytest.approx(math.exp(float(last["val_loss"])))
+    assert summary["tokens_seen"] == 6 * 8 * 32 and summary["steps"] == 6
+    assert summary["best_val_loss"] == min(float(r["val_loss"]) for r in rows if r["val_loss"])
+    assert (tmp_path / "loss_curve.png").stat().st_size > 1000
+    assert (tmp_path / "best" / "model.safetensors").is_file()
+    assert len(checkpoint_dirs(tmp_path)) == 2  # keep_last
+
+
+# ---------------------------------------------------------------------------------------- processes
+def start_cli(*args: str) -> subprocess.Popen:
+    env = os.environ | {"OMP_NUM_THREADS": "1"}  # the same thread count as this test process (conftest)
+    return subprocess.Popen([sys.executable, "-m", "gptoss", "train", *args], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    try:
+        return [int(row["step"]) for row in metrics(run_dir)]
+    except (FileNotFoundError, ValueError, TypeError):  # not created yet, or a row half-written
+        return []
+
+
+def wait_for_metrics_row(process: subprocess.Popen, run_dir: Path, past_step: int) -> None:
+    """Wait until the run has logged an update after `past_step` (it is then mid-run)."""
+    while max(logged_steps(run_dir), default=0) <= past_step:
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before it could be interrupted:\n{process.stdout.read()}")
+        time.sleep(0.005)
+
+
+def test_resume_after_sigkill_is_bit_exact(corpus, data_dir, tmp_path):
+    config = tiny_config(corpus, data_dir, tmp_path / "killed", max_steps=150, checkpoint_every=20, eval_every=20,
+                         model=TINY_MODEL | {"dropout": 0.1})  # dropout: the RNG state must be restored too
+    path = write_toml(tmp_path / "run.toml", config)
+    killed = start_cli("--config", str(path))
+    wait_for_metrics_row(killed, tmp_path / "killed", past_step=21)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    interrupted_at = max(logged_steps(tmp_path / "killed"))
+    assert 21 < interrupted_at < 150  # killed mid-run: steps after the last checkpoint are redone
+
+    resumed = start_cli("--config", str(path), "--resume")
+    assert main(["train", "--config", str(path), "--set", f"run_dir={tmp_path / 'reference'}"]) == 0
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "resuming from" in output
+
+    def exact(rows):
+        return [{c: r[c] for c in EXACT_COLUMNS} for r in rows]
+
+    assert exact(metrics(tmp_path / "killed")) == exact(metrics(tmp_path / "reference"))
+    reference = final_weights(tmp_path / "reference")
+    for name, tensor in final_weights(tmp_path / "killed").items():
+        assert torch.equal(tensor, reference[name]), name
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(corpus, data_dir, tmp_path):
+    config = tiny_config(corpus, data_dir, tmp_path, max_steps=10_000, checkpoint_every=0, eval_every=0)
+    process = start_cli("--config", str(write_toml(tmp_path / "run.toml", config)))
+    wait_for_metrics_row(process, tmp_path, past_step=2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert "SIGTERM: saved" in output and "stopped by SIGTERM" in output
+    (checkpoint,) = checkpoint_dirs(tmp_path)
+    step = read_trainer_state(checkpoint)["step"]
+    assert 2 < step < 10_000 and checkpoint.name == f"step-{step:07d}"
