@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import os
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -239,6 +240,47 @@ class BPETokenizer(Tokenizer):
 
     def _decode_checked(self, ids: list[int]) -> str:
         return self._backend.decode(ids, skip_special_tokens=False)
+
+    def encode_with_dropout(self, text: str, dropout: float, rng: random.Random) -> list[int]:
+        """Ids of `text` with BPE-dropout (Provilkov et al., 2020): every merge that could apply is
+        skipped with probability `dropout`, so the same text gets other, finer segmentations.
+
+        Decoding gives back `text` whatever the draws; `dropout=0` gives exactly `encode(text)`.
+        Written here rather than with the backend's own `dropout` option because that one draws
+        from an unseeded generator: `rng` makes a training run, and its resume, reproducible.
+        """
+        if not 0 <= dropout < 1:
+            raise ValueError(f"BPE dropout must be in [0, 1), got {dropout}")
+        ids = []
+        for i, piece in enumerate(text.split(END_OF_TEXT)):  # written specials stay special
+            if i:
+                ids.append(self._eot_id)
+            for word, _ in self._backend.pre_tokenizer.pre_tokenize_str(piece):
+                ids.extend(self._merge(word, dropout, rng))
+        return ids
+
+    def _merge(self, word: str, dropout: float, rng: random.Random) -> list[int]:
+        """BPE of one pre-tokenized word (byte-level symbols): repeatedly apply the best-ranked
+        merge among the adjacent pairs, each pair surviving the dropout draw."""
+        ranks, vocab = self._merge_tables
+        symbols = list(word)
+        while len(symbols) > 1:
+            best_rank, best = None, None
+            for i in range(len(symbols) - 1):
+                rank = ranks.get((symbols[i], symbols[i + 1]))
+                if rank is not None and (best_rank is None or rank < best_rank) and not (dropout and rng.random() < dropout):
+                    best_rank, best = rank, i
+            if best is None:
+                break
+            symbols[best : best + 2] = [symbols[best] + symbols[best + 1]]
+        return [vocab[symbol] for symbol in symbols]
+
+    @functools.cached_property
+    def _merge_tables(self) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+        """({(left, right): rank}, {symbol: id}) of the trained BPE model."""
+        model = json.loads(self._backend.to_str())["model"]
+        ranks = {tuple(merge): rank for rank, merge in enumerate(model["merges"])}
+        return ranks, model["vocab"]
 
     def _descriptor(self) -> dict:
         return {"kind": self.kind, "file": BPE_FILE}

@@ -1,7 +1,8 @@
 """The trainer: a run described by a TrainConfig, trained to max_steps with everything a real run needs.
 
     data    gptoss.data.prepare tokenizes the corpus once (cached); each update draws `batch_size`
-            random windows from train.bin with a seeded generator (its state is the data position)
+            random windows from train.bin with a seeded generator (its state is the data position),
+            shaped by the curriculum and augmentation options of gptoss.sampler
     model   a GPTConfig preset plus overrides; optionally torch.compile'd; DDP or FSDP2 under torchrun
     update  gradient accumulation over micro-batches, bf16/fp16 autocast, global-norm clipping
             (the norm is logged), AdamW with decay on weight matrices only, an LR schedule
@@ -50,6 +51,7 @@ from gptoss.checkpoint import load_model, save_model
 from gptoss.config import PRESETS, GPTConfig
 from gptoss.data import TokenDataset, prepare, random_batch
 from gptoss.model import GPT
+from gptoss.sampler import WindowSampler
 from gptoss.schedule import LRSchedule
 from gptoss.tokenizers import KINDS as TOKENIZER_KINDS
 
@@ -112,6 +114,16 @@ class TrainConfig:
     beta1: float = key(0.9, "AdamW beta1")
     beta2: float = key(0.95, "AdamW beta2")
     grad_clip: float = key(1.0, "clip the global gradient norm to this; 0: no clipping (the norm is still logged)")
+    # --- curriculum and data augmentation (gptoss.sampler; bench/bench_curriculum.py measured them)
+    random_offsets: bool = key(True, "training windows start at any token; false: only at multiples of seq_len (a fixed cut of the text)")
+    bpe_dropout: float = key(0.0, "bpe tokenizer only: re-encode training windows skipping each BPE merge with this probability; 0: off")
+    seq_len_warmup_steps: int = key(0, "grow training windows linearly from seq_len_start to seq_len over these updates; 0: off")
+    seq_len_start: int = key(32, "window length at the first update of the seq_len warmup")
+    seq_len_warmup_keep_tokens: bool = key(
+        True, "during the seq_len warmup, draw seq_len // length times more windows, keeping tokens per update")
+    difficulty_warmup_steps: int = key(
+        0, "draw windows first from the easiest chunks of the text (unigram surprisal), growing to all of it over these updates; 0: off")
+    difficulty_start_fraction: float = key(0.25, "fraction of the text (the easiest chunks) drawn from at the first update")
     # --- hardware
     device: str = key("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     precision: str = key("fp32", "fp32; bf16 (autocast, CPU or CUDA); fp16 (autocast and a grad scaler, CUDA)")
@@ -158,7 +170,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         non_negative = ("micro_batch_size", "warmup_steps", "eval_every", "checkpoint_every", "max_chars",
-                        "weight_decay", "grad_clip")  # fmt: skip
+                        "weight_decay", "grad_clip", "seq_len_warmup_steps", "difficulty_warmup_steps")  # fmt: skip
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
@@ -171,6 +183,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not 0 <= self.bpe_dropout < 1:
+            raise ValueError(f"bpe_dropout must be in [0, 1), got {self.bpe_dropout!r}")
+        if self.bpe_dropout and self.tokenizer != "bpe":
+            raise ValueError(f"bpe_dropout needs tokenizer = \"bpe\" (BPE merges to drop), got tokenizer = {self.tokenizer!r}")
+        if self.seq_len_warmup_steps and not 1 <= self.seq_len_start <= self.seq_len:
+            raise ValueError(f"seq_len_start must be in [1, seq_len = {self.seq_len}], got {self.seq_len_start!r}")
+        if not 0 < self.difficulty_start_fraction <= 1:
+            raise ValueError(f"difficulty_start_fraction must be in (0, 1], got {self.difficulty_start_fraction!r}")
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size}): "
@@ -411,7 +431,7 @@ class MetricsLog:
     """metrics.csv (one row per log interval and per evaluation) and TensorBoard, written by rank 0."""
 
     COLUMNS = ("step", "tokens", "lr", "train_loss", "grad_norm", "aux_loss", "val_loss", "val_ppl", "val_bpb",
-               "tokens_per_s", "elapsed_s")  # fmt: skip
+               "seq_len", "data_pool", "tokens_per_s", "elapsed_s")  # fmt: skip
 
     def __init__(self, run_dir: Path, resumed_step: int | None, tensorboard: bool):
         self.path = run_dir / METRICS_FILE
@@ -533,7 +553,6 @@ class Trainer:
 
         seed_everything(config.seed)  # identical initial weights in every process
         self.data = self.load_data()
-        self.tokens_per_update = config.batch_size * config.seq_len
         self.bytes_in_val_subset = self.build_val_subset()
         self.model_config = config.model_config(self.data.tokenizer.vocab_size)
         self.raw_model = self.build_model()
@@ -549,6 +568,7 @@ class Trainer:
 
         # the data position: a generator shared by all processes (each keeps its slice of every batch)
         self.data_generator = torch.Generator().manual_seed(config.seed)
+        self.sampler = WindowSampler(self.data.train, self.data.tokenizer, config, self.data_generator)
         self.step, self.tokens_seen, self.train_time = 0, 0, 0.0
         self.best_val_loss = math.inf
         if self.state is not None:
@@ -659,14 +679,15 @@ class Trainer:
         return contextlib.nullcontext()
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This process's share of the next global batch: (batch_size / processes, seq_len) each."""
-        c = self.config
-        x, y = random_batch(self.data.train, c.batch_size, c.seq_len, self.data_generator)
-        share = slice(self.dist.rank * len(x) // self.dist.world_size, (self.dist.rank + 1) * len(x) // self.dist.world_size)
-        return x[share].to(self.device, non_blocking=True), y[share].to(self.device, non_blocking=True)
+        """This process's share of the next global batch: (windows / processes, length) each; at the
+        full length without curriculum, (batch_size / processes, seq_len)."""
+        share = self.sampler.windows_per_update(self.step) // self.dist.world_size
+        x, y = self.sampler.batch(self.step, slice(self.dist.rank * share, (self.dist.rank + 1) * share))
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def train_step(self) -> dict:
-        """One optimizer update; returns its lr, mean loss, gradient norm (and MoE aux loss).
+        """One optimizer update; returns its lr, mean loss, gradient norm, window length, tokens
+        (over all processes) and, for MoE models, the aux loss.
 
         Raises TrainingDiverged before touching the weights when the loss or the gradient norm
         is not finite.
@@ -676,7 +697,8 @@ class Trainer:
             group["lr"] = lr
         x, y = self.next_batch()
         losses = torch.zeros(2, device=self.device)  # summed (loss, aux loss) over micro-batches
-        for i, (micro_x, micro_y) in enumerate(zip(x.split(self.micro_batch_size), y.split(self.micro_batch_size))):
+        micro = len(x) // self.accumulation  # micro_batch_size, times seq_len // length in a length warmup
+        for i, (micro_x, micro_y) in enumerate(zip(x.split(micro), y.split(micro))):
             with self.gradient_sync(i == self.accumulation - 1), self.autocast():
                 _, loss = self.model(micro_x, micro_y)
             # the mean over micro-batches (and, by DDP/FSDP's averaging, over processes) is the
@@ -706,7 +728,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        result = {"lr": lr, "train_loss": loss, "grad_norm": grad_norm}
+        result = {"lr": lr, "train_loss": loss, "grad_norm": grad_norm, "seq_len": x.shape[1],
+                  "data_pool": self.sampler.pool_size(self.step) / self.sampler.chunks,
+                  "tokens": x.numel() * self.dist.world_size}  # fmt: skip
         if self.model_config.mlp == "moe":
             result["aux_loss"] = aux
         return result
@@ -795,19 +819,21 @@ class Trainer:
         self.log(self.describe())
         bar = tqdm(total=c.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (c.progress and self.dist.is_main))  # fmt: skip
-        interval_losses, interval_time, last_eval, stopped_by = [], 0.0, None, None
+        interval_losses, interval_tokens, interval_time, last_eval, stopped_by = [], 0, 0.0, None, None
         try:
             with StopSignals() as signals:
                 while self.step < c.max_steps:
                     tic = time.perf_counter()
                     result = self.train_step()
                     elapsed = time.perf_counter() - tic
+                    tokens = result.pop("tokens")
                     self.step += 1
-                    self.tokens_seen += self.tokens_per_update
+                    self.tokens_seen += tokens
                     self.train_time += elapsed
                     interval_losses.append(result["train_loss"])
+                    interval_tokens += tokens
                     interval_time += elapsed
-                    tokens_per_s = self.tokens_per_update / elapsed
+                    tokens_per_s = tokens / elapsed
                     bar.set_postfix_str(f"loss {result['train_loss']:.4f} lr {result['lr']:.2e} {tokens_per_s:,.0f} tok/s", refresh=False)
                     bar.update()
 
@@ -816,8 +842,8 @@ class Trainer:
                     row = {}
                     if self.step % c.log_every == 0 or final or stopped_by:
                         row = {**result, "train_loss": sum(interval_losses) / len(interval_losses),
-                               "tokens_per_s": len(interval_losses) * self.tokens_per_update / interval_time}  # fmt: skip
-                        interval_losses, interval_time = [], 0.0
+                               "tokens_per_s": interval_tokens / interval_time}  # fmt: skip
+                        interval_losses, interval_tokens, interval_time = [], 0, 0.0
                     val = {}
                     if (c.eval_every and self.step % c.eval_every == 0) or final or stopped_by:
                         val = last_eval = self.evaluate()
@@ -865,6 +891,15 @@ class Trainer:
             f"batch: {c.batch_size} x {c.seq_len} tokens = {self.micro_batch_size} per pass x {self.accumulation} "
             f"accumulation x {self.dist.world_size} processes; {c.max_steps} updates, {c.schedule} lr {c.learning_rate:g}",
         ]
+        options = {  # description: whether it is on
+            f"seq_len {c.seq_len_start} -> {c.seq_len} over {c.seq_len_warmup_steps} updates": c.seq_len_warmup_steps,
+            f"easiest {c.difficulty_start_fraction:.0%} of the text -> all over {c.difficulty_warmup_steps} updates":
+                c.difficulty_warmup_steps,
+            f"BPE-dropout {c.bpe_dropout:g}": c.bpe_dropout,
+            "windows only at multiples of seq_len": not c.random_offsets,
+        }  # fmt: skip
+        if any(options.values()):
+            lines.append("curriculum / augmentation: " + "; ".join(text for text, on in options.items() if on))
         if self.checkpoint is not None:
             lines.append(f"resuming from {self.checkpoint} at step {self.step}")
         return "\n".join(lines)

@@ -1,5 +1,6 @@
 """The trainer: config checking, gradient accumulation, the NaN guard, atomic checkpoints, exact
-resume after SIGKILL, SIGTERM, compiled checkpoints, metrics and bits per byte."""
+resume after SIGKILL (and with curriculum and augmentation on), SIGTERM, compiled checkpoints,
+metrics and bits per byte."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 
 from gptoss.checkpoint import load_model
 from gptoss.cli import main
+from gptoss.data import random_batch
 from gptoss.trainer import Trainer, TrainConfig, TrainingDiverged, checkpoint_dirs, read_trainer_state
 from gptoss.train_cli import apply_override, build_config, read_config_file
 
@@ -93,6 +95,11 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
         (dict(model={"preset": "tiny", "d_model": 30}), ValueError, "divisible by num_heads"),
         (dict(seq_len=512), ValueError, "seq_len=512 exceeds the model's max_seq_len=64"),
         (dict(beta2=1.0), ValueError, "beta2 must be in"),
+        (dict(bpe_dropout=0.1), ValueError, "bpe_dropout needs tokenizer = \"bpe\""),
+        (dict(tokenizer="bpe", bpe_dropout=1.0), ValueError, r"bpe_dropout must be in \[0, 1\)"),
+        (dict(seq_len_warmup_steps=5, seq_len_start=64), ValueError, r"seq_len_start must be in \[1, seq_len = 32\]"),
+        (dict(difficulty_start_fraction=0.0), ValueError, r"difficulty_start_fraction must be in \(0, 1\]"),
+        (dict(seq_len_warmup_steps=-1), ValueError, "seq_len_warmup_steps must be >= 0"),
     ],
 )
 def test_bad_config_values_are_rejected(corpus, data_dir, tmp_path, changes, error, match):
@@ -331,3 +338,45 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(corpus, data_dir, tmp_path
     (checkpoint,) = checkpoint_dirs(tmp_path)
     step = read_trainer_state(checkpoint)["step"]
     assert 2 < step < 10_000 and checkpoint.name == f"step-{step:07d}"
+
+
+# ---------------------------------------------------------------------------------------- curriculum
+CURRICULUM = dict(tokenizer="bpe", bpe_vocab_size=512, bpe_dropout=0.1, seq_len_warmup_steps=8, seq_len_start=8,
+                  difficulty_warmup_steps=8, difficulty_start_fraction=0.3, random_offsets=False)  # fmt: skip
+
+
+def test_resume_is_exact_with_curriculum_and_augmentation_on(corpus, tmp_path):
+    data = tmp_path / "data"
+    whole = tiny_config(corpus, data, tmp_path / "whole", max_steps=12, checkpoint_every=4, keep_last=5, eval_every=4,
+                        model=TINY_MODEL | {"dropout": 0.1}, **CURRICULUM)  # fmt: skip
+    Trainer(whole).fit()
+    rows = metrics(tmp_path / "whole")
+    # 8 + 24 * step / 8, rounded down to a multiple of 8: updates 1..9 run steps 0..8
+    assert [int(r["seq_len"]) for r in rows if r["train_loss"]][:9] == [8, 8, 8, 16, 16, 16, 24, 24, 32]
+    assert float(rows[0]["data_pool"]) < 0.35 and float(rows[-1]["data_pool"]) == 1.0
+
+    # resume from step 4, in the middle of both warmups, into another run folder
+    resumed = whole.replace(run_dir=str(tmp_path / "resumed"))
+    Trainer(resumed, resume=tmp_path / "whole" / "checkpoints" / "step-0000004").fit()
+
+    def exact(rows):
+        return [{c: r[c] for c in EXACT_COLUMNS} for r in rows if int(r["step"]) > 4]
+
+    assert exact(metrics(tmp_path / "resumed")) == exact(rows)
+    reference = final_weights(tmp_path / "whole")
+    for name, tensor in final_weights(tmp_path / "resumed").items():
+        assert torch.equal(tensor, reference[name]), name
+
+
+def test_bpe_dropout_reaches_training_windows_but_never_validation(corpus, tmp_path):
+    config = tiny_config(corpus, tmp_path / "data", tmp_path / "run", tokenizer="bpe", bpe_vocab_size=512)
+    plain, dropped = Trainer(config), Trainer(config.replace(bpe_dropout=0.2))
+    # validation windows: the prepared tokens, as random_batch draws them from the val split
+    expected_x, _ = random_batch(plain.data.val, config.eval_sequences, config.seq_len, torch.Generator().manual_seed(config.seed + 1))
+    assert torch.equal(dropped.val_x, expected_x) and torch.equal(plain.val_x, expected_x)
+    plain_x, _ = plain.next_batch()
+    dropped_x, _ = dropped.next_batch()
+    assert plain_x.shape == dropped_x.shape and not torch.equal(plain_x, dropped_x)
+    # the windows start at the same places: the dropout only re-segments the same text
+    text = plain.data.tokenizer.decode(plain_x[0])
+    assert text.startswith(dropped.data.tokenizer.decode(dropped_x[0][:8]))
