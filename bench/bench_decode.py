@@ -15,7 +15,8 @@ best of each is kept: the machine is shared and noisy, so compare ratios, not ab
 
 The bound: decoding one step reads every weight once (the embedding tables only a row; of the
 experts only those routed to), so tokens/s <= batch * read bandwidth / bytes of weights per step.
-The bandwidth is measured here as the speed of torch.sum over 512 MiB (KV-cache reads, small
+The bandwidth is measured here as the speed of torch.sum over 512 MiB, before and after the
+generation runs, the higher kept (one reading can land on a busy moment) (KV-cache reads, small
 next to the weights at these lengths, are left out).
 """
 
@@ -80,12 +81,13 @@ def weight_bytes_per_step(preset: str, batch: int, dtype: torch.dtype) -> int:
 
 def matrix_vector_table() -> list[str]:
     """Markdown rows: one decoding step's worth of GPT-2 small's matrix-vector products (its 49
-    linear weights, random), timed as F.linear does them and as prepare_for_inference's
-    OneDNNLinear does, against torch.sum over the same weights; best of 5."""
+    linear weights, random, in the model's order), at batch 1: as F.linear does them, as
+    InferenceLinear's two paths do them (oneDNN on the packed copy; fp32 per-thread row blocks),
+    and torch.sum over the same weights; best of 5."""
     import torch.nn as nn
 
     from gptoss.config import GPTConfig
-    from gptoss.generation import prepare_for_inference
+    from gptoss.generation import InferenceLinear, prepare_for_inference
     from gptoss.model import GPT
 
     model = GPT(GPTConfig.preset("gpt2-small"), device="meta")
@@ -96,17 +98,20 @@ def matrix_vector_table() -> list[str]:
         inputs = {i: torch.randn(1, i, dtype=dtype) for i, _, _ in shapes}
         nbytes = sum(p.numel() * p.element_size() for p in layers.parameters())
 
-        def one_step():
-            for layer in layers:
-                layer(inputs[layer.in_features])
+        def best_of_5(step) -> float:
+            return min(timed(lambda: [step(layer, inputs[layer.in_features]) for layer in layers]) for _ in range(5))
 
         with torch.no_grad():
-            plain = min(timed(one_step) for _ in range(5))
-            summed = min(timed(lambda: [layer.weight.sum() for layer in layers]) for _ in range(5))
+            plain = best_of_5(lambda layer, x: layer(x))
+            summed = best_of_5(lambda layer, x: layer.weight.sum())
             prepare_for_inference(layers)
-            packed = min(timed(one_step) for _ in range(5))
-        rate = lambda seconds: f"{seconds * 1e3:.1f} ms ({nbytes / seconds / 1e9:.0f} GB/s)"  # noqa: E731
-        rows.append(f"| {str(dtype).removeprefix('torch.')} | {nbytes / 1e6:.0f} MB | {rate(plain)} | {rate(packed)} | {rate(summed)} |")
+            onednn = best_of_5(lambda layer, x: InferenceLinear.forward_onednn(layer, x))
+            blocks = best_of_5(lambda layer, x: layer.matrix_vector(x)) if dtype == torch.float32 else None
+        rate = lambda seconds: f"{seconds * 1e3:.1f} ms ({nbytes / seconds / 1e9:.0f} GB/s)" if seconds else "-"  # noqa: E731
+        rows.append(
+            f"| {str(dtype).removeprefix('torch.')} | {nbytes / 1e6:.0f} MB | {rate(plain)} | {rate(onednn)} "
+            f"| {rate(blocks)} | {rate(summed)} |"
+        )
     return rows
 
 
@@ -202,8 +207,8 @@ def main() -> None:
     print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}; read bandwidth (torch.sum over 512 MiB) "
           f"{bandwidth / 1e9:.1f} GB/s\n")
     print("One decoding step of GPT-2 small's matrix-vector products (its 49 linear weights):\n")
-    print("| dtype | weights | F.linear | OneDNNLinear (packed) | torch.sum of the weights |")
-    print("|---|---|---|---|---|")
+    print("| dtype | weights | F.linear | oneDNN, packed | row blocks, one per thread | torch.sum of the weights |")
+    print("|---|---|---|---|---|---|")
     print("\n".join(matrix_vector_table()))
     print(f"\nGeneration: prompt {args.prompt_length} random tokens, {args.new_tokens} new, greedy\n")
     rows = []
@@ -220,14 +225,16 @@ def main() -> None:
                         result = run_worker(impl, directory, batch, dtype, args)
                         if best[impl] is None or result["decode"] > best[impl]["decode"]:
                             best[impl] = result
-                bound = batch * bandwidth / weight_bytes_per_step(preset, batch, DTYPES[dtype])
-                rows.append((preset, batch, dtype, best["ours"], best["hf"], bound))
+                rows.append((preset, batch, dtype, best["ours"], best["hf"], weight_bytes_per_step(preset, batch, DTYPES[dtype])))
                 print(f"  measured {preset} batch {batch} {dtype}", file=sys.stderr, flush=True)
 
+    bandwidth = max(bandwidth, read_bandwidth())
+    print(f"read bandwidth, the higher of before and after: {bandwidth / 1e9:.1f} GB/s\n")
     print("| model | batch | dtype | prefill tok/s | decode tok/s | peak RSS | HF prefill tok/s | HF decode tok/s "
           "| HF peak RSS | decode vs HF | bandwidth bound tok/s | same tokens as HF |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for preset, batch, dtype, ours, hf, bound in rows:
+    for preset, batch, dtype, ours, hf, weight_bytes in rows:
+        bound = batch * bandwidth / weight_bytes
         print(
             f"| {preset} | {batch} | {dtype} | {ours['prefill']:,.0f} | {ours['decode']:,.1f} | {ours['rss_mib']:,.0f} MiB "
             f"| {hf['prefill']:,.0f} | {hf['decode']:,.1f} | {hf['rss_mib']:,.0f} MiB | {ours['decode'] / hf['decode']:.2f}x "

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from gptoss.sampling import SamplingOptions, sample_next
 
@@ -39,35 +40,68 @@ REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder shows for the first bytes of 
 
 
 # ---------------------------------------------------------------------------------------- speed
-class OneDNNLinear(nn.Linear):
-    """nn.Linear whose inference runs oneDNN's inner product on a copy of the weight packed once
-    into oneDNN's preferred memory layout. Same parameters, same state dict, same results (to
+class InferenceLinear(nn.Linear):
+    """nn.Linear made fast at inference on a CPU. Same parameters, same state dict, same results (to
     float rounding); with autograd on (training), it is plain nn.Linear.
 
     Why: decoding one token multiplies a vector by every weight matrix, so its speed is the speed
-    at which those matrices are read. In fp32, F.linear calls MKL, whose matrix-vector product
-    runs on one core (~13-20 GB/s here); in bf16 it calls oneDNN, which re-lays the weight at every
-    call. A packed weight lets oneDNN read it straight, on both cores, near the machine's ~30 GB/s
-    (docs/inference.md has the measurements). The costs: memory, one packed copy per weight; and
-    time, oneDNN's ~15 us more per call than MKL's, which is why small weights are left alone
-    (see MIN_PACKED_WEIGHT).
+    at which those matrices are read. F.linear reads them at about half the machine's bandwidth:
+    in fp32 it calls MKL, whose matrix-vector product runs on one core; in bf16 it calls oneDNN,
+    which re-lays the weight at every call. Two faster paths (docs/inference.md has the numbers):
+
+    - one row of fp32 input (decoding at batch 1): the weight's rows are cut into one contiguous
+      block per thread, views of the weight (no copy), and torch.baddbmm multiplies the vector by
+      every block at once, one block per thread: each core streams its own part of the matrix.
+    - anything else (several rows, or bf16): oneDNN's inner product on a copy of the weight packed
+      once into oneDNN's preferred layout, which it reads on every core.
+
+    The costs: memory, the packed copy of each weight; and time, oneDNN's ~15 us more per call
+    than MKL's, which is why small weights are left alone (see MIN_PACKED_WEIGHT).
     """
 
     def pack(self) -> None:
-        """(Re)build the packed copy of the weight, laid out for one row of input at a time."""
-        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1)
-        self.packed_from = (self.weight.data_ptr(), self.weight._version)
+        """(Re)build the packed copy of the weight and the per-thread blocks of its rows."""
+        weight = self.weight.detach()
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        blocks = torch.get_num_threads()
+        rows = self.out_features // blocks  # the last out_features % blocks rows are done apart
+        self.row_blocks = weight[: blocks * rows].view(blocks, rows, self.in_features)
+        self.bias_blocks = None if self.bias is None else self.bias.detach()[: blocks * rows].view(blocks, rows, 1)
+        self.packed_from = (weight.data_ptr(), self.weight._version, blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != self.weight.dtype:
             return super().forward(x)
-        if self.packed_from != (self.weight.data_ptr(), self.weight._version):
-            self.pack()  # the weight was changed (trained, loaded, cast) since it was packed
+        if self.packed_from != (self.weight.data_ptr(), self.weight._version, torch.get_num_threads()):
+            self.pack()  # the weight was changed (trained, loaded, cast), or the thread count, since packing
+        if x.dtype == torch.float32 and x.numel() == self.in_features:
+            return self.matrix_vector(x)
+        return self.forward_onednn(x)
+
+    def forward_onednn(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in_features) -> (..., out_features) by oneDNN on the packed copy of the weight."""
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+    def matrix_vector(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in_features) holding one row -> (..., out_features), one block of rows per thread."""
+        blocks, rows, _ = self.row_blocks.shape
+        out = x.new_empty(self.out_features)
+        split = out[: blocks * rows].view(blocks, rows, 1)  # block b's rows of the output
+        # the same column vector for every block, strided (0, 1, in_features): with strides (0, 1, 1)
+        # torch.bmm misses BLAS and runs 4x slower
+        vector = x.reshape(1, 1, self.in_features).mT.expand(blocks, -1, 1)
+        if self.bias_blocks is None:
+            torch.bmm(self.row_blocks, vector, out=split)
+        else:
+            torch.baddbmm(self.bias_blocks, self.row_blocks, vector, out=split)
+        if blocks * rows < self.out_features:  # the rows left over (fewer than the threads)
+            bias = None if self.bias is None else self.bias[blocks * rows :]
+            out[blocks * rows :] = F.linear(x.reshape(self.in_features), self.weight[blocks * rows :], bias)
+        return out.view(*x.shape[:-1], self.out_features)
 
 
 # Weights smaller than this (elements) stay plain nn.Linear: reading them takes less time than
-# oneDNN's extra call overhead (a 768 x 768 fp32 matrix, 2.4 MB, takes ~90 us at 27 GB/s).
+# the faster paths' extra call overhead (a 768 x 768 fp32 matrix, 2.4 MB, takes ~90 us at 27 GB/s).
 MIN_PACKED_WEIGHT = 2**18
 
 
@@ -75,7 +109,7 @@ MIN_PACKED_WEIGHT = 2**18
 def prepare_for_inference(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Make `model` fast at generating on a CPU, in place, and return it: eval mode, optionally
     cast to `dtype` (torch.bfloat16 halves the bytes read per token), and every fp32/bf16 CPU
-    nn.Linear of at least MIN_PACKED_WEIGHT weights turned into a OneDNNLinear (only its forward
+    nn.Linear of at least MIN_PACKED_WEIGHT weights turned into an InferenceLinear (only its forward
     differs, so names, checkpoints and tied weights are untouched)."""
     model.eval()
     if dtype is not None:
@@ -86,7 +120,7 @@ def prepare_for_inference(model: nn.Module, dtype: torch.dtype | None = None) ->
         if type(module) is nn.Linear and module.weight.numel() >= MIN_PACKED_WEIGHT:
             weight = module.weight
             if weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16):
-                module.__class__ = OneDNNLinear
+                module.__class__ = InferenceLinear
                 module.pack()
     return model
 

@@ -8,7 +8,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GptOssConfig, GptOssForCausalLM
 
 from gptoss import GPT, GPTConfig
-from gptoss.generation import OneDNNLinear, generate, generate_batch, prepare_for_inference, stream, stream_text
+from gptoss.generation import InferenceLinear, generate, generate_batch, prepare_for_inference, stream, stream_text
 from gptoss.hf import config_to_hf_gpt2, config_to_hf_gpt_oss, gpt2_state_from_hf, gpt_oss_state_from_hf
 from gptoss.tokenizers import build_tokenizer
 
@@ -100,13 +100,13 @@ def pack_every_linear(monkeypatch):
 
 
 def test_prepared_model_generates_the_same_tokens(model, pack_every_linear):
-    """prepare_for_inference swaps nn.Linear for OneDNNLinear: same state dict, tied weights still
+    """prepare_for_inference swaps nn.Linear for InferenceLinear: same state dict, tied weights still
     tied, same greedy tokens."""
     prompt = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(3))
     fast = random_model(model.config)
     state = {k: v.clone() for k, v in fast.state_dict().items()}
     prepare_for_inference(fast)
-    assert isinstance(fast.lm_head, OneDNNLinear) and isinstance(fast.transformer.h[0].attn.c_attn, OneDNNLinear)
+    assert isinstance(fast.lm_head, InferenceLinear) and isinstance(fast.transformer.h[0].attn.c_attn, InferenceLinear)
     assert fast.state_dict().keys() == state.keys()
     assert all(torch.equal(state[k], v) for k, v in fast.state_dict().items())
     if fast.config.tie_embeddings:
@@ -114,10 +114,31 @@ def test_prepared_model_generates_the_same_tokens(model, pack_every_linear):
     assert torch.equal(generate(fast, prompt, 20, temperature=0), generate(model, prompt, 20, temperature=0))
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_prepared_model_at_batch_1_gives_the_cached_logits_of_a_full_forward(model, pack_every_linear, threads):
+    """At batch 1 in fp32 every matrix-vector product runs on per-thread blocks of the weight's
+    rows (3 threads: 97 vocab rows and 32 model rows leave rows over): each step's logits equal
+    those of an unprepared full forward pass within 1e-5, and greedy tokens are the same."""
+    seq = torch.randint(0, 97, (1, 30), generator=torch.Generator().manual_seed(4))
+    fast = prepare_for_inference(random_model(model.config))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            full = model(seq)  # (1, 30, vocab), unprepared
+            cache = fast.new_cache(1)
+            steps = [fast(seq[:, :5], cache=cache)] + [fast(seq[:, t : t + 1], cache=cache) for t in range(5, 30)]
+        assert fast.lm_head.row_blocks.shape[0] == threads  # the row-block path ran
+        assert (torch.cat(steps, dim=1) - full).abs().max() <= 1e-5
+        assert torch.equal(generate(fast, seq[:, :3], 25, temperature=0), generate(model, seq[:, :3], 25, temperature=0))
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_small_weights_stay_plain_linear(model):
     """Below MIN_PACKED_WEIGHT, oneDNN's call overhead outweighs its faster reads."""
     prepared = prepare_for_inference(random_model(model.config))
-    assert not any(isinstance(m, OneDNNLinear) for m in prepared.modules())
+    assert not any(isinstance(m, InferenceLinear) for m in prepared.modules())
 
 
 def test_prepared_model_follows_weight_changes_and_still_trains(model, pack_every_linear):
