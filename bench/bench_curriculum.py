@@ -6,9 +6,10 @@ Tiny Shakespeare with a 4096-id BPE tokenizer, a 1.3M-parameter rotary GPT: the 
 configs/shakespeare_bpe.toml with every option off, trained by gptoss.trainer exactly as
 `gptoss train` runs it. Each condition turns on one option of
 gptoss.sampler against the baseline (random window offsets, nothing else) or, for `aligned`,
-turns the random offsets off. Every run has the same steps, schedule and batch (tokens per update
-are the same in every condition); conditions are interleaved seed by seed so that a change in the
-machine's load touches all of them alike.
+turns the random offsets off. Every run has the same steps, schedule and tokens per update (during
+a length warmup, give or take one window); conditions are interleaved seed by seed so that a change
+in the machine's load touches all of them alike. Each seed also draws its own validation subset,
+so comparisons are paired by seed.
 
 Time is the trainer's training time (the sum of its update times, batch building and BPE-dropout
 included; evaluations excluded), read from metrics.csv; the time to the target is interpolated
@@ -53,8 +54,8 @@ def conditions(steps: int) -> dict[str, dict]:
     }
 
 
-def run(name: str, changes: dict, seed: int, args) -> list[tuple[float, float, int]]:
-    """Train one run; returns its evaluations as (training time s, val loss, step)."""
+def run(name: str, changes: dict, seed: int, args) -> list[tuple[float, float, int, int]]:
+    """Train one run; returns its evaluations as (training time s, val loss, step, tokens seen)."""
     run_dir = args.out / f"{name}-seed{seed}"
     config = TrainConfig.from_dict(BASE | changes | dict(run_dir=str(run_dir), seed=seed, max_steps=args.steps,
                                                          eval_every=args.eval_every, max_chars=args.max_chars))  # fmt: skip
@@ -63,18 +64,17 @@ def run(name: str, changes: dict, seed: int, args) -> list[tuple[float, float, i
         rows = [r for r in csv.DictReader(f) if r["val_loss"]]
     print(f"  {name:15s} seed {seed}: best val {summary['best_val_loss']:.4f}, {summary['train_time_s']:.1f} s, "
           f"{summary['tokens_per_s']:,.0f} tokens/s", flush=True)  # fmt: skip
-    return [(float(r["elapsed_s"]), float(r["val_loss"]), int(r["step"])) for r in rows]
+    return [(float(r["elapsed_s"]), float(r["val_loss"]), int(r["step"]), int(r["tokens"])) for r in rows]
 
 
-def time_to(target: float, evals: list[tuple[float, float, int]]) -> tuple[float, float] | None:
-    """(time, step) at which the val loss first reaches `target`, interpolated; None if never."""
-    previous = (0.0, float("inf"), 0)
+def time_to(target: float, evals: list[tuple[float, float, int, int]]) -> tuple[float, float, float] | None:
+    """(time, step, tokens) at which the val loss first reaches `target`, interpolated between
+    evaluations; None if never."""
+    previous = (0.0, float("inf"), 0, 0)
     for current in evals:
         if current[1] <= target:
-            if previous[1] == float("inf"):
-                return current[0], current[2]
-            share = (previous[1] - target) / (previous[1] - current[1])
-            return tuple(p + share * (c - p) for p, c in zip((previous[0], previous[2]), (current[0], current[2])))
+            share = 1.0 if previous[1] == float("inf") else (previous[1] - target) / (previous[1] - current[1])
+            return tuple(p + share * (c - p) for i, (p, c) in enumerate(zip(previous, current)) if i != 1)
         previous = current
     return None
 
@@ -115,27 +115,28 @@ def main() -> None:
     text = f"the first {args.max_chars:,} characters of Tiny Shakespeare" if args.max_chars else "Tiny Shakespeare"
     print(f"\n{text}, bpe 4096, {args.steps} updates x {BASE['batch_size']} x {BASE['seq_len']} tokens, "
           f"seeds {args.seeds}; time to val loss {args.target}\n")  # fmt: skip
-    print("| condition | reached | time to target (s) | vs baseline | updates to target | best val loss | final val loss | training time (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| condition | reached | time to target (s) | vs baseline | updates to target | tokens to target (K) | best val loss | final val loss | training time (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     base_time = None
     for name, runs in results.items():
         reached = [time_to(args.target, evals) for evals in runs.values()]
         times = [r[0] for r in reached if r is not None]
         steps = [r[1] for r in reached if r is not None]
-        best = [min(loss for _, loss, _ in evals) for evals in runs.values()]
+        tokens = [r[2] / 1e3 for r in reached if r is not None]
+        best = [min(e[1] for e in evals) for evals in runs.values()]
         final = [evals[-1][1] for evals in runs.values()]
         total = [evals[-1][0] for evals in runs.values()]
         if name == "baseline" and len(times) == len(runs):
             base_time = statistics.mean(times)
         ratio = f"{statistics.mean(times) / base_time:.2f}x" if times and base_time and len(times) == len(runs) else "—"
         print(f"| {name} | {len(times)}/{len(runs)} | {mean_spread(times) if times else '—'} | {ratio} | "
-              f"{mean_spread(steps, 0) if steps else '—'} | {mean_spread(best, 3)} | {mean_spread(final, 3)} | {mean_spread(total)} |")  # fmt: skip
+              f"{mean_spread(steps, 0) if steps else '—'} | {mean_spread(tokens, 0) if tokens else '—'} | {mean_spread(best, 3)} | {mean_spread(final, 3)} | {mean_spread(total)} |")  # fmt: skip
 
     figure, axes = plt.subplots(figsize=(8, 5))
     for index, (name, runs) in enumerate(results.items()):
         color = f"C{index}"
         for i, evals in enumerate(runs.values()):
-            axes.plot([t for t, _, _ in evals], [v for _, v, _ in evals], color=color, alpha=0.8, lw=1,
+            axes.plot([e[0] for e in evals], [e[1] for e in evals], color=color, alpha=0.8, lw=1,
                       label=name if i == 0 else None)  # fmt: skip
     axes.axhline(args.target, color="gray", ls="--", lw=0.8)
     axes.set(xlabel="training time (s)", ylabel="validation loss (nats/token)", ylim=(args.target - 0.4, args.target + 1.2),

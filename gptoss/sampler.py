@@ -4,19 +4,20 @@ Every update draws windows of the training tokens with one seeded generator (its
 data position saved in checkpoints). Four options shape them, each a TrainConfig key:
 
     random_offsets         augmentation: a window may start at any token. Off, windows start only
-                           at multiples of seq_len (during a length warmup, also at multiples of
-                           the window length after those), so the model always sees the text
-                           cut the same way.
+                           at k * seq_len + j * length (j = 0 at the full length), so the model
+                           always sees the text cut the same way.
     bpe_dropout            augmentation: each training window is re-encoded from its text with
                            BPE-dropout (`BPETokenizer.encode_with_dropout`), so the same text comes
                            in other segmentations. Validation data is never touched.
     seq_len_warmup_steps   curriculum: windows grow linearly from seq_len_start to seq_len over the
                            first updates, with proportionally more of them per update so the
-                           tokens per update stay (about) the same (seq_len_warmup_keep_tokens).
+                           tokens per update stay the same, give or take one window per process
+                           and micro-batch (seq_len_warmup_keep_tokens).
     difficulty_warmup_steps  curriculum: the training text is cut into seq_len chunks scored by how
                            surprising their tokens are to a unigram model of the corpus (mean
                            -log p(token)); windows first come only from the easiest fraction of
-                           chunks, the pool growing linearly to all of them.
+                           chunks, the pool growing linearly to all of them; until it holds all
+                           of them, a window stays inside one chunk (the text that was scored).
 
 The schedules depend only on the step, the draws only on the generator's state and (for the
 dropout) on (seed, step, window), so a resumed run continues exactly where it stopped.
@@ -53,15 +54,12 @@ class LinearWarmup:
 @dataclass(frozen=True)
 class SeqLenSchedule:
     """Window length at each update: from `start` to `final` over `warmup_steps` updates, rounded
-    down to a multiple of SEQ_LEN_MULTIPLE (never below `start`); `final` from then on."""
+    down to a multiple of SEQ_LEN_MULTIPLE (never below `start`); `final` from then on.
+    TrainConfig checks that 1 <= start <= final."""
 
     start: int
     final: int
     warmup_steps: int
-
-    def __post_init__(self) -> None:
-        if self.warmup_steps and not 1 <= self.start <= self.final:
-            raise ValueError(f"seq_len_start must be in [1, seq_len = {self.final}], got {self.start}")
 
     def __call__(self, step: int) -> int:
         if step >= self.warmup_steps:
@@ -82,17 +80,18 @@ def unigram_surprisal(tokens: np.ndarray, chunk_len: int, vocab_size: int) -> np
 class WindowSampler:
     """Draws the training batches of a run (see the module docstring for the options)."""
 
-    def __init__(self, tokens: np.ndarray, tokenizer, config, generator: torch.Generator):
-        """`tokens`: the training split; `config`: a TrainConfig; `generator`: the data position."""
+    def __init__(self, tokens: np.ndarray, tokenizer, config, generator: torch.Generator, granularity: int = 1):
+        """`tokens`: the training split (at least seq_len + 1 of them); `config`: a TrainConfig;
+        `generator`: the data position; `granularity`: the window count of an update must be a
+        multiple of it (processes x gradient accumulation steps, so that it splits evenly)."""
         if config.bpe_dropout and not isinstance(tokenizer, BPETokenizer):
             raise ValueError(f"bpe_dropout needs tokenizer = \"bpe\", this run's tokenizer is {tokenizer.kind!r}")
         self.tokens, self.tokenizer, self.config, self.generator = tokens, tokenizer, config, generator
+        self.granularity = granularity
         self.seq_len = SeqLenSchedule(config.seq_len_start, config.seq_len, config.seq_len_warmup_steps)
-        # chunks of the full length: the last one is dropped, so a window of any offset in a chunk fits
-        self.chunks = (len(tokens) - 1) // config.seq_len - 1
-        if self.chunks < 1:
-            raise ValueError(f"the training split has {len(tokens):,} tokens, too few for windows of "
-                             f"{config.seq_len} at every offset: use a shorter seq_len or more text")  # fmt: skip
+        # chunk c is tokens [c * seq_len, (c + 1) * seq_len]: a window inside it, and its last
+        # target, fit in the split
+        self.chunks = (len(tokens) - 1) // config.seq_len
         self.order = None  # chunk indices, easiest first, when the difficulty curriculum is on
         if config.difficulty_warmup_steps:
             scores = unigram_surprisal(tokens[: self.chunks * config.seq_len], config.seq_len, tokenizer.vocab_size)
@@ -100,12 +99,13 @@ class WindowSampler:
         self.pool = LinearWarmup(config.difficulty_start_fraction, 1.0, config.difficulty_warmup_steps)
 
     def windows_per_update(self, step: int) -> int:
-        """Windows in the global batch at `step`: batch_size, times seq_len // length during the
-        length warmup when seq_len_warmup_keep_tokens (so an update holds about as many tokens as
-        at the full length)."""
-        if not self.config.seq_len_warmup_keep_tokens:
+        """Windows in the global batch at `step`: batch_size; during the length warmup (with
+        seq_len_warmup_keep_tokens) enough windows of the current length for batch_size x seq_len
+        tokens, rounded up to a multiple of the granularity (so at most granularity x length more)."""
+        length = self.seq_len(step)
+        if length == self.config.seq_len or not self.config.seq_len_warmup_keep_tokens:
             return self.config.batch_size
-        return self.config.batch_size * (self.config.seq_len // self.seq_len(step))
+        return math.ceil(self.config.batch_size * self.config.seq_len / length / self.granularity) * self.granularity
 
     def pool_size(self, step: int) -> int:
         """How many chunks (easiest first) windows are drawn from at `step`."""
@@ -118,19 +118,28 @@ class WindowSampler:
 
         Every process draws the whole batch's starts (the generator stays the same in all of
         them) and builds only its own rows."""
-        length, count, full = self.seq_len(step), self.windows_per_update(step), self.config.seq_len
-        chunk = torch.randint(self.pool_size(step), (count,), generator=self.generator)
-        if self.order is not None:
-            chunk = self.order[chunk]
-        if self.config.random_offsets:  # any token of the chunk
-            offset = torch.randint(full, (count,), generator=self.generator)
-        else:  # the chunk's start plus a multiple of the window length
-            offset = torch.randint(full // length, (count,), generator=self.generator) * length
-        starts = (chunk * full + offset).tolist()
-        mine = range(count)[rows]
-        windows = np.stack([self.window(starts[index], length, step, index) for index in mine]).astype(np.int64)
-        windows = torch.from_numpy(windows)
+        length, count = self.seq_len(step), self.windows_per_update(step)
+        starts = self.starts(step, length, count)
+        windows = [self.window(starts[index], length, step, index) for index in range(count)[rows]]
+        windows = torch.from_numpy(np.stack(windows).astype(np.int64))
         return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+    def starts(self, step: int, length: int, count: int) -> list[int]:
+        """Where the `count` windows of `step` start in the training split."""
+        full, generator = self.config.seq_len, self.generator
+        if self.order is not None and self.pool_size(step) < self.chunks:
+            # the difficulty warmup: windows stay inside chunks of the easiest pool, so that they
+            # hold the text that was scored (at the full length, exactly one chunk each)
+            chunk = self.order[torch.randint(self.pool_size(step), (count,), generator=generator)]
+        elif self.config.random_offsets:  # any start whose window fits in the split
+            return torch.randint(len(self.tokens) - length, (count,), generator=generator).tolist()
+        else:
+            chunk = torch.randint(self.chunks, (count,), generator=generator)
+        if self.config.random_offsets:
+            offset = torch.randint(full - length + 1, (count,), generator=generator)
+        else:  # the fixed cut: the chunk's start plus a multiple of the window length
+            offset = torch.randint(full // length, (count,), generator=generator) * length
+        return (chunk * full + offset).tolist()
 
     def window(self, start: int, length: int, step: int, index: int) -> np.ndarray:
         """length + 1 tokens from `start`, re-encoded with BPE-dropout when configured."""

@@ -266,6 +266,8 @@ class BPETokenizer(Tokenizer):
         symbols = list(word)
         while len(symbols) > 1:
             best_rank, best = None, None
+            # each pair survives the dropout independently and the best-ranked survivor is merged
+            # (the leftmost on ties); a pair that could not beat the best so far needs no draw
             for i in range(len(symbols) - 1):
                 rank = ranks.get((symbols[i], symbols[i + 1]))
                 if rank is not None and (best_rank is None or rank < best_rank) and not (dropout and rng.random() < dropout):

@@ -120,7 +120,7 @@ class TrainConfig:
     seq_len_warmup_steps: int = key(0, "grow training windows linearly from seq_len_start to seq_len over these updates; 0: off")
     seq_len_start: int = key(32, "window length at the first update of the seq_len warmup")
     seq_len_warmup_keep_tokens: bool = key(
-        True, "during the seq_len warmup, draw seq_len // length times more windows, keeping tokens per update")
+        True, "during the seq_len warmup, draw more, shorter windows: about batch_size x seq_len tokens per update")
     difficulty_warmup_steps: int = key(
         0, "draw windows first from the easiest chunks of the text (unigram surprisal), growing to all of it over these updates; 0: off")
     difficulty_start_fraction: float = key(0.25, "fraction of the text (the easiest chunks) drawn from at the first update")
@@ -466,7 +466,8 @@ class MetricsLog:
             return list(csv.DictReader(f))
 
     def _format(self, rows: list[dict]) -> str:
-        lines = [",".join(self.COLUMNS)] + [",".join(row[c] or "" for c in self.COLUMNS) for row in rows]
+        # .get: a metrics.csv written before a column was added lacks it
+        lines = [",".join(self.COLUMNS)] + [",".join(row.get(c) or "" for c in self.COLUMNS) for row in rows]
         return "\n".join(lines) + "\n"
 
     def close(self) -> None:
@@ -568,7 +569,8 @@ class Trainer:
 
         # the data position: a generator shared by all processes (each keeps its slice of every batch)
         self.data_generator = torch.Generator().manual_seed(config.seed)
-        self.sampler = WindowSampler(self.data.train, self.data.tokenizer, config, self.data_generator)
+        self.sampler = WindowSampler(self.data.train, self.data.tokenizer, config, self.data_generator,
+                                     granularity=world * self.accumulation)  # fmt: skip
         self.step, self.tokens_seen, self.train_time = 0, 0, 0.0
         self.best_val_loss = math.inf
         if self.state is not None:
@@ -697,7 +699,7 @@ class Trainer:
             group["lr"] = lr
         x, y = self.next_batch()
         losses = torch.zeros(2, device=self.device)  # summed (loss, aux loss) over micro-batches
-        micro = len(x) // self.accumulation  # micro_batch_size, times seq_len // length in a length warmup
+        micro = len(x) // self.accumulation  # micro_batch_size, or more (shorter) windows in a length warmup
         for i, (micro_x, micro_y) in enumerate(zip(x.split(micro), y.split(micro))):
             with self.gradient_sync(i == self.accumulation - 1), self.autocast():
                 _, loss = self.model(micro_x, micro_y)
@@ -889,7 +891,8 @@ class Trainer:
             f"{m['train_tokens']:,} train / {m['val_tokens']:,} val tokens",
             f"model: {self.describe_model()}, {c.precision}{', compiled' if c.compile else ''}, {self.device}, {processes}",
             f"batch: {c.batch_size} x {c.seq_len} tokens = {self.micro_batch_size} per pass x {self.accumulation} "
-            f"accumulation x {self.dist.world_size} processes; {c.max_steps} updates, {c.schedule} lr {c.learning_rate:g}",
+            f"accumulation x {self.dist.world_size} processes; {c.max_steps} updates, {c.schedule} lr {c.learning_rate:g}"
+            + (" (more, shorter windows during the seq_len warmup)" if c.seq_len_warmup_steps and c.seq_len_warmup_keep_tokens else ""),
         ]
         options = {  # description: whether it is on
             f"seq_len {c.seq_len_start} -> {c.seq_len} over {c.seq_len_warmup_steps} updates": c.seq_len_warmup_steps,

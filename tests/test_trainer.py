@@ -341,8 +341,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(corpus, data_dir, tmp_path
 
 
 # ---------------------------------------------------------------------------------------- curriculum
+# every option on, with 4 micro-batches of accumulation (the window count varies during the warmup)
 CURRICULUM = dict(tokenizer="bpe", bpe_vocab_size=512, bpe_dropout=0.1, seq_len_warmup_steps=8, seq_len_start=8,
-                  difficulty_warmup_steps=8, difficulty_start_fraction=0.3, random_offsets=False)  # fmt: skip
+                  difficulty_warmup_steps=8, difficulty_start_fraction=0.3, random_offsets=False,
+                  micro_batch_size=2)  # fmt: skip
 
 
 def test_resume_is_exact_with_curriculum_and_augmentation_on(corpus, tmp_path):
@@ -351,8 +353,11 @@ def test_resume_is_exact_with_curriculum_and_augmentation_on(corpus, tmp_path):
                         model=TINY_MODEL | {"dropout": 0.1}, **CURRICULUM)  # fmt: skip
     Trainer(whole).fit()
     rows = metrics(tmp_path / "whole")
-    # 8 + 24 * step / 8, rounded down to a multiple of 8: updates 1..9 run steps 0..8
-    assert [int(r["seq_len"]) for r in rows if r["train_loss"]][:9] == [8, 8, 8, 16, 16, 16, 24, 24, 32]
+    # 8 + 24 * step / 8, rounded down to a multiple of 8: updates 1..9 run steps 0..8; tokens per
+    # update: 8 x 32 = 256, as 32 windows of 8, 16 of 16, and ceil(256 / 24 / 4) x 4 = 12 of 24
+    train_rows = [r for r in rows if r["train_loss"]]
+    assert [int(r["seq_len"]) for r in train_rows][:9] == [8, 8, 8, 16, 16, 16, 24, 24, 32]
+    assert [int(r["tokens"]) for r in train_rows][:9] == [256 * k for k in range(1, 7)] + [1536 + 288, 1824 + 288, 2112 + 256]
     assert float(rows[0]["data_pool"]) < 0.35 and float(rows[-1]["data_pool"]) == 1.0
 
     # resume from step 4, in the middle of both warmups, into another run folder
@@ -371,7 +376,8 @@ def test_resume_is_exact_with_curriculum_and_augmentation_on(corpus, tmp_path):
 def test_bpe_dropout_reaches_training_windows_but_never_validation(corpus, tmp_path):
     config = tiny_config(corpus, tmp_path / "data", tmp_path / "run", tokenizer="bpe", bpe_vocab_size=512)
     plain, dropped = Trainer(config), Trainer(config.replace(bpe_dropout=0.2))
-    # validation windows: the prepared tokens, as random_batch draws them from the val split
+    # validation windows: the prepared tokens, as random_batch draws them from the val split (a
+    # regression guard: validation does not go through the sampler at all)
     expected_x, _ = random_batch(plain.data.val, config.eval_sequences, config.seq_len, torch.Generator().manual_seed(config.seed + 1))
     assert torch.equal(dropped.val_x, expected_x) and torch.equal(plain.val_x, expected_x)
     plain_x, _ = plain.next_batch()
