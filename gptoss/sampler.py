@@ -126,11 +126,11 @@ class WindowSampler:
 
     def starts(self, step: int, length: int, count: int) -> list[int]:
         """Where the `count` windows of `step` start in the training split."""
-        full, generator = self.config.seq_len, self.generator
-        if self.order is not None and self.pool_size(step) < self.chunks:
+        full, generator, pool = self.config.seq_len, self.generator, self.pool_size(step)
+        if pool < self.chunks:
             # the difficulty warmup: windows stay inside chunks of the easiest pool, so that they
             # hold the text that was scored (at the full length, exactly one chunk each)
-            chunk = self.order[torch.randint(self.pool_size(step), (count,), generator=generator)]
+            chunk = self.order[torch.randint(pool, (count,), generator=generator)]
         elif self.config.random_offsets:  # any start whose window fits in the split
             return torch.randint(len(self.tokens) - length, (count,), generator=generator).tolist()
         else:
