@@ -24,6 +24,11 @@ class LayerKVCache:
         self.pos = torch.full((batch_size, capacity), -1, dtype=torch.long, device=device)
         self.seen = 0  # tokens written so far (for a ring, more than it holds)
 
+    @property
+    def has_empty_slots(self) -> bool:
+        """Whether the keys the last update returned include empty slots (a ring not yet full)."""
+        return self.ring and self.seen < self.capacity
+
     def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
         """Store k, v (B, kv_heads, T, head_size) at `positions` (B, T); return what to attend to.
 
@@ -75,6 +80,7 @@ class KVCache:
                 LayerKVCache(batch_size, config.kv_heads, config.head_size, size, ring, dtype, device)
             )
         self.length = 0  # tokens (columns) processed, padding included
+        self.has_padding = False  # set by GPT.forward when a chunk came with a padding mask
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
 
     def advance(self, positions: torch.Tensor) -> None:

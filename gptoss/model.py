@@ -172,7 +172,9 @@ class Attention(nn.Module):
             # the common training case: let the fused kernel build the causal mask itself
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=True)
         else:
-            mask = attention_mask(positions, key_positions, self.window)  # (B, 1, T, S)
+            mask = None  # decoding one token with no padding or empty slot: every key kept is visible
+            if not (plain_causal and T == 1 and cache is not None and not cache.has_empty_slots):
+                mask = attention_mask(positions, key_positions, self.window)  # (B, 1, T, S)
             if self.sinks is None:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=True)
             else:
@@ -183,13 +185,14 @@ class Attention(nn.Module):
     def attend_with_sinks(self, q, k, v, mask, dropout: float) -> torch.Tensor:
         """Softmax attention with the sink logit appended as an extra column, then dropped.
 
-        q (B, H, T, hs), k/v (B, Hkv, S, hs), mask (B, 1, T, S) -> (B, H, T, hs). The weights over
-        real keys sum to 1 - p(sink) < 1.
+        q (B, H, T, hs), k/v (B, Hkv, S, hs), mask (B, 1, T, S) or None (every key visible) ->
+        (B, H, T, hs). The weights over real keys sum to 1 - p(sink) < 1.
         """
         group = self.num_heads // self.kv_heads  # query heads per k/v head
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, H, S, hs)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)  # (B, H, T, S)
-        scores = scores.masked_fill(~mask, float("-inf"))
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
         sink = self.sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)  # (B, H, T, 1)
         weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1, dtype=torch.float32)[..., :-1]
         weights = weights.to(v.dtype)
@@ -403,7 +406,10 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(positions.clamp(min=0))
         x = self.transformer.drop(x)
         rope = self.rotary(positions.clamp(min=0)) if self.rotary is not None else None
-        plain_causal = padding_mask is None  # positions are 0..T-1 in every row
+        if cache is not None and padding_mask is not None:
+            cache.has_padding = True  # its padding slots must stay hidden from every later token
+        # no padding, now or in the cache: every row's positions run on from the same start
+        plain_causal = padding_mask is None and (cache is None or not cache.has_padding)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, positions, rope, cache.layers[layer] if cache is not None else None, plain_causal)
         if cache is not None:
