@@ -351,6 +351,16 @@ def prepare(
     return TokenDataset.load(out_dir, tokenizer_files_dir)
 
 
+def default_prepared_dir(corpus: str | Path, tokenizer: str, vocab_size: int = 4096, max_chars: int | None = None) -> Path:
+    """data_cache/CORPUS-TOKENIZER[VOCAB][-Nchars]: where `gptoss prepare` writes by default and
+    where `gptoss train` looks, so a corpus prepared once is found by training with the same
+    settings (the bpe vocabulary size and a character limit are part of the name)."""
+    label = re.sub(r"[^\w.-]+", "_", Path(corpus).name) or "corpus"
+    vocab = str(vocab_size) if tokenizer == "bpe" else ""
+    limit = f"-{max_chars}chars" if max_chars else ""
+    return Path("data_cache") / f"{label}-{tokenizer}{vocab}{limit}"
+
+
 def load_tokens(path: str | Path) -> np.ndarray:
     """The ids in a `.bin` file written by `prepare`, as a read-only memmap (dtype from meta.json)."""
     path = Path(path)
@@ -533,7 +543,8 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--corpus", default="pystdlib", help="pystdlib, shakespeare, or a file, folder or glob of UTF-8 text (default: pystdlib)")
     parser.add_argument("--tokenizer", default="bpe", choices=KINDS, help="tokenizer kind (default: bpe)")
     parser.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size of a bpe tokenizer (default: 4096)")
-    parser.add_argument("--out", type=Path, help="output folder (default: data_cache/CORPUS-TOKENIZER)")
+    parser.add_argument("--out", type=Path, help="output folder (default: data_cache/CORPUS-TOKENIZER, plus the bpe vocabulary size and -Nchars "
+                        "with --max-chars: the folder gptoss train looks in for the same settings)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the text kept for validation (default: 0.1)")
     parser.add_argument("--max-chars", type=int, help="use only the first MAX_CHARS characters of the corpus")
     parser.add_argument("--tokenizer-files", type=Path, help="folder with OpenAI's tokenizer files, for offline gpt2 / o200k_harmony")
@@ -541,8 +552,7 @@ def register_cli(subparsers) -> None:
 
 
 def _run_prepare(args) -> int:
-    corpus_label = re.sub(r"[^\w.-]+", "_", Path(args.corpus).name) or "corpus"
-    out = args.out or Path("data_cache") / f"{corpus_label}-{args.tokenizer}"
+    out = args.out or default_prepared_dir(args.corpus, args.tokenizer, args.vocab_size, args.max_chars)
     dataset = prepare(
         args.corpus,
         args.tokenizer,

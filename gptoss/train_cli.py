@@ -4,7 +4,7 @@ A run is a TOML (or YAML) file of TrainConfig keys (`gptoss train --keys` lists 
 defaults and meaning; configs/ has examples), plus command-line overrides. Under torchrun the
 same command trains with DDP or FSDP2:
 
-    torchrun --standalone --nproc_per_node=2 -m gptoss train --config configs/x.toml
+    torchrun --standalone --nproc_per_node=2 -m gptoss train --config configs/gpt_oss_tiny.toml
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from gptoss.checkpoint import load_model, save_model
 from gptoss.config import PRESETS, GPTConfig
-from gptoss.data import TokenDataset, prepare, random_batch
+from gptoss.data import TokenDataset, default_prepared_dir, prepare, random_batch
 from gptoss.model import GPT
 from gptoss.sampler import WindowSampler
 from gptoss.schedule import LRSchedule
@@ -84,7 +84,10 @@ class TrainConfig:
     corpus: str = key("shakespeare", "corpus name (shakespeare, pystdlib) or a UTF-8 text file, folder or glob")
     tokenizer: str = key("char", "tokenizer kind: char, bpe (trained on the corpus), gpt2 or o200k_harmony")
     bpe_vocab_size: int = key(4096, "vocabulary size of a bpe tokenizer")
-    data_dir: str = key("", "where the tokenized corpus is cached; empty: data_cache/ + the corpus and tokenizer names")
+    data_dir: str = key(
+        "", "where the tokenized corpus is cached; empty: data_cache/CORPUS-TOKENIZER[VOCAB][-Nchars], the folder "
+        "`gptoss prepare` writes by default"
+    )
     val_fraction: float = key(0.1, "last fraction of the corpus held out for validation")
     max_chars: int = key(0, "use only the first max_chars characters of the corpus; 0: all of it")
     tokenizer_files: str = key("", "folder with OpenAI's tokenizer files, for gpt2 / o200k_harmony offline")
@@ -238,10 +241,7 @@ class TrainConfig:
         """Folder of the tokenized corpus."""
         if self.data_dir:
             return Path(self.data_dir)
-        label = re.sub(r"[^\w.-]+", "_", Path(self.corpus).name) or "corpus"
-        suffix = f"{self.bpe_vocab_size}" if self.tokenizer == "bpe" else ""
-        limit = f"-{self.max_chars}chars" if self.max_chars else ""
-        return Path("data_cache") / f"{label}-{self.tokenizer}{suffix}{limit}"
+        return default_prepared_dir(self.corpus, self.tokenizer, self.bpe_vocab_size, self.max_chars or None)
 
 
 def _checked_type(name: str, value, hint):

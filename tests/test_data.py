@@ -29,6 +29,7 @@ from gptoss.data import (
     split_train_val,
 )
 from gptoss.tokenizers import BPETokenizer, CharTokenizer, TiktokenTokenizer
+from gptoss.trainer import TrainConfig
 
 SAMPLE = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
 
@@ -314,6 +315,18 @@ def test_cli_prepare(tmp_path, capsys):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["train_tokens"] + meta["val_tokens"] == len(SAMPLE)
     assert "train +" in capsys.readouterr().out
+
+
+def test_cli_prepare_writes_where_training_looks(tmp_path, monkeypatch):
+    """Without --out, `gptoss prepare` writes the folder `gptoss train` reads for the same settings."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(SAMPLE)
+    monkeypatch.chdir(tmp_path)
+    limit = len(SAMPLE) // 2
+    assert main(["prepare", "--corpus", str(corpus), "--tokenizer", "bpe", "--vocab-size", "300", "--max-chars", str(limit)]) == 0
+    config = TrainConfig(corpus=str(corpus), tokenizer="bpe", bpe_vocab_size=300, max_chars=limit)
+    meta = json.loads((config.data_path() / "meta.json").read_text())
+    assert meta["source_chars"] == limit and meta["tokenizer"]["vocab_size"] == 300
 
 
 # --- batching --------------------------------------------------------------------------------
