@@ -23,6 +23,7 @@ from typing import TextIO
 from gptoss.generation import (
     add_model_arguments,
     add_sampling_arguments,
+    check_generation_options,
     load_model_and_tokenizer,
     sampling_arguments,
     stream,
@@ -30,6 +31,7 @@ from gptoss.generation import (
 )
 
 HARMONY_FILE = "o200k_base.tiktoken"
+CHAT_MAX_NEW_TOKENS = 512  # per reply, by default
 Turn = tuple[str, str]  # (role: "user" or "assistant", text)
 
 
@@ -124,16 +126,18 @@ def chat_format_for(tokenizer, system: str | None = None, reasoning_effort: str 
     return PlainFormat(tokenizer, system)
 
 
-def fit_prompt(chat_format, history: list[Turn], room: int) -> list[int]:
+def fit_prompt(chat_format, history: list[Turn], room: int) -> tuple[list[int], list[Turn]]:
     """The prompt for `history`, dropping the oldest exchanges until it takes at most `room`
-    tokens (ValueError if even the last message alone does not fit)."""
-    prompt = chat_format.prompt(history)
-    while len(prompt) > room and len(history) > 1:
-        del history[:2]  # the oldest user message and its answer
-        prompt = chat_format.prompt(history)
+    tokens, and the history it was made from (ValueError if even the last message alone does not
+    fit; `history` itself is left as it was)."""
+    kept = list(history)
+    prompt = chat_format.prompt(kept)
+    while len(prompt) > room and len(kept) > 1:
+        del kept[:2]  # the oldest user message and its answer
+        prompt = chat_format.prompt(kept)
     if len(prompt) > room:
         raise ValueError(f"this message takes {len(prompt)} tokens, more than the {room} the context leaves for it")
-    return prompt
+    return prompt, kept
 
 
 def write_reply(pieces: Iterator[tuple[str, str]], output_stream: TextIO, show_analysis: bool) -> str:
@@ -185,13 +189,12 @@ def chat_loop(
         if message.strip() == "/reset":
             history.clear()
         elif message.strip():
-            history.append(("user", message))
             try:
-                prompt = fit_prompt(chat_format, history, model.config.max_seq_len - max_new_tokens)
+                prompt, kept = fit_prompt(chat_format, history + [("user", message)], model.config.max_seq_len - max_new_tokens)
             except ValueError as error:  # too long, or characters the tokenizer cannot encode
                 output_stream.write(f"[{error}]\n")
-                history.pop()
                 continue
+            history[:] = kept
             pieces = chat_format.reply(model, prompt, max_new_tokens, **options)
             history.append(("assistant", write_reply(pieces, output_stream, show_analysis)))
 
@@ -206,7 +209,7 @@ def register_cli(subparsers) -> None:
         "show only their final answer unless --show-analysis.",
     )
     add_model_arguments(parser)
-    add_sampling_arguments(parser, max_new_tokens=512)
+    add_sampling_arguments(parser, max_new_tokens=f"{CHAT_MAX_NEW_TOKENS}, or half the model's context if that is less")
     parser.add_argument("--system", help="instructions for the model (harmony: a developer message)")
     parser.add_argument("--reasoning-effort", default="medium", choices=["low", "medium", "high"], help="harmony only (default: medium)")
     parser.add_argument("--show-analysis", action="store_true", help="also show the model's analysis channel (its reasoning)")
@@ -218,7 +221,14 @@ def _run_chat(args) -> int:
         model, tokenizer = load_model_and_tokenizer(args)
         chat_format = chat_format_for(tokenizer, args.system, args.reasoning_effort)
         options = sampling_arguments(args)
-        stream(model, [[0]], 0, **options).close()  # check the options before the first message
+        if args.max_new_tokens is None:
+            args.max_new_tokens = min(CHAT_MAX_NEW_TOKENS, model.config.max_seq_len // 2)
+        if args.max_new_tokens >= model.config.max_seq_len:
+            raise ValueError(
+                f"--max-new-tokens {args.max_new_tokens} leaves no room for the conversation in this model's "
+                f"context of {model.config.max_seq_len} tokens; ask for fewer"
+            )
+        check_generation_options(model, args.max_new_tokens, **options)  # before the first message
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

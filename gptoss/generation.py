@@ -252,6 +252,12 @@ def _start(model, prompts, max_new_tokens, seed, generator, sampling):
     return buffer, real, T, options, make_generator(seed, generator, ids.device)
 
 
+def check_generation_options(model, max_new_tokens: int, *, seed: int | None = None, **sampling) -> None:
+    """Raise the TypeError/ValueError that generating with these options would, without generating
+    (for a command that checks its flags before the first prompt)."""
+    _start(model, [[0]], max_new_tokens, seed, None, sampling)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -485,9 +491,11 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per core)")
 
 
-def add_sampling_arguments(parser, max_new_tokens: int) -> None:
-    """The sampling options (see gptoss.sampling.SamplingOptions)."""
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"at most this many new tokens (default: {max_new_tokens})")
+def add_sampling_arguments(parser, max_new_tokens: int | str) -> None:
+    """The sampling options (see gptoss.sampling.SamplingOptions). max_new_tokens: the default, or
+    how the command chooses it (a str for the help; the option is then None when not given)."""
+    default = max_new_tokens if isinstance(max_new_tokens, int) else None
+    parser.add_argument("--max-new-tokens", type=int, default=default, help=f"at most this many new tokens (default: {max_new_tokens})")
     randomness = parser.add_mutually_exclusive_group()
     randomness.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1.0; 0 is greedy)")
     randomness.add_argument("--greedy", action="store_true", help="always pick the most likely token (temperature 0)")

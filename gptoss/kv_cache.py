@@ -26,7 +26,8 @@ class LayerKVCache:
 
     @property
     def has_empty_slots(self) -> bool:
-        """Whether the keys the last update returned include empty slots (a ring not yet full)."""
+        """Whether, after a one-token update, the keys it returned include empty slots (a ring not
+        yet full). A full-attention layer returns only the slots written."""
         return self.ring and self.seen < self.capacity
 
     def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
@@ -35,12 +36,7 @@ class LayerKVCache:
         Returns keys, values (B, kv_heads, S, head_size) and their positions (B, S).
         """
         T = k.shape[2]
-        if not self.ring:
-            if self.seen + T > self.capacity:
-                raise ValueError(
-                    f"KV cache is full: {self.seen} + {T} tokens exceed its capacity of {self.capacity}; "
-                    "create it with a larger capacity (at most the model's max_seq_len)"
-                )
+        if not self.ring:  # KVCache.check_chunk has made sure the chunk fits
             self._write(slice(self.seen, self.seen + T), k, v, positions)
             self.seen += T
             return self.k[:, :, : self.seen], self.v[:, :, : self.seen], self.pos[:, : self.seen]
@@ -69,9 +65,10 @@ class KVCache:
     """The per-layer caches of a model, plus how far each sequence has got."""
 
     def __init__(self, config: GPTConfig, batch_size: int, capacity: int | None = None, *, dtype, device):
-        capacity = capacity or config.max_seq_len
+        capacity = config.max_seq_len if capacity is None else capacity
         if not 1 <= capacity <= config.max_seq_len:
             raise ValueError(f"KV cache capacity must be in [1, max_seq_len={config.max_seq_len}], got {capacity}")
+        self.batch_size, self.capacity = batch_size, capacity
         self.layers = []
         for layer in range(config.num_layers):
             ring = config.is_sliding_layer(layer) and config.sliding_window < capacity
@@ -82,6 +79,27 @@ class KVCache:
         self.length = 0  # tokens (columns) processed, padding included
         self.has_padding = False  # set by GPT.forward when a chunk came with a padding mask
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
+
+    def check_chunk(self, batch_size: int, T: int, padding_mask: torch.Tensor | None) -> None:
+        """Raise ValueError, before any layer writes, unless a chunk of T tokens for batch_size
+        sequences (with this padding mask) can go into this cache."""
+        if batch_size != self.batch_size:
+            raise ValueError(
+                f"this KV cache holds {self.batch_size} sequences, not {batch_size}: make one with "
+                f"model.new_cache({batch_size})"
+            )
+        if self.length + T > self.capacity:
+            raise ValueError(
+                f"KV cache is full: {self.length} + {T} tokens exceed its capacity of {self.capacity}; "
+                "create it with a larger capacity (at most the model's max_seq_len)"
+            )
+        # a row's padding must come before its tokens, in the first chunk: a ring buffer keeps a
+        # chunk's last `window` columns, which must be the row's latest positions
+        if padding_mask is not None and (self.length > 0 or not bool((padding_mask.long().diff(dim=1) >= 0).all())):
+            raise ValueError(
+                "with a KV cache, padding must be left padding in the first chunk (each row: padding, "
+                "then its tokens); later chunks take no padding_mask"
+            )
 
     def advance(self, positions: torch.Tensor) -> None:
         """Record that a chunk with `positions` (B, T) (-1 = padding) has been processed."""

@@ -361,11 +361,13 @@ class GPT(nn.Module):
         """Raise a clear TypeError/ValueError for ids that are not a valid (B, T) integer batch."""
         if not isinstance(idx, torch.Tensor):
             raise TypeError(f"token ids must be a torch.Tensor of shape (batch, time), got {type(idx).__name__}")
-        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-            raise TypeError(f"token ids must be integers (torch.long), got dtype {idx.dtype}")
+        if idx.dtype not in (torch.long, torch.int32):
+            raise TypeError(f"token ids must be integers, torch.long (or torch.int32), got dtype {idx.dtype}")
         if idx.dim() != 2:
             raise ValueError(f"token ids must have shape (batch, time), got shape {tuple(idx.shape)}")
-        if idx.numel() and idx.device.type != "meta":
+        if idx.numel() == 0:
+            raise ValueError(f"token ids are empty (shape {tuple(idx.shape)}): give at least one token per sequence")
+        if idx.device.type != "meta":
             low, high = int(idx.min()), int(idx.max())
             if low < 0 or high >= self.config.vocab_size:
                 bad = low if low < 0 else high
@@ -388,12 +390,19 @@ class GPT(nn.Module):
 
         targets (B, T): also return the mean next-token cross-entropy, as (logits, loss); ids of -1
         are ignored. cache: continue from (and extend) a KVCache. padding_mask (B, T) bool: False
-        marks padding (e.g. left padding of batched prompts), which no token attends to.
+        marks padding, which no token attends to; with a cache, only left padding of the first chunk
+        (batched prompts of different lengths), since ring buffers drop their oldest columns.
         logits_to_keep: compute logits for the last n positions only, (B, n, vocab_size) (0: all);
         generation needs only the last one, which spares the unembedding of the whole prompt.
         """
         self.check_input(idx)
         B, T = idx.shape
+        if logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be >= 0 (0: every position), got {logits_to_keep}")
+        if padding_mask is not None and tuple(padding_mask.shape) != (B, T):
+            raise ValueError(f"padding_mask must have the token ids' shape {(B, T)}, got {tuple(padding_mask.shape)}")
+        if cache is not None:
+            cache.check_chunk(B, T, padding_mask)
         start = cache.length if cache is not None else 0
         if start + T > self.config.max_seq_len:
             raise ValueError(
@@ -461,10 +470,11 @@ class GPT(nn.Module):
         return save_pretrained(self, directory, format=format, tokenizer=tokenizer)
 
     # ------------------------------------------------------------------ generation
-    def new_cache(self, batch_size: int, capacity: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
-        """An empty KV cache for `batch_size` sequences of up to `capacity` tokens (default max_seq_len)."""
+    def new_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
+        """An empty KV cache for `batch_size` sequences of up to `capacity` tokens (default max_seq_len),
+        in the model's dtype and on its device."""
         p = self.lm_head.weight
-        return KVCache(self.config, batch_size, capacity, dtype=dtype or p.dtype, device=p.device)
+        return KVCache(self.config, batch_size, capacity, dtype=p.dtype, device=p.device)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None, **kwargs):

@@ -79,7 +79,9 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 def filter_logits(logits: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
     """Temperature, then top-k, top-p and min-p: logits (B, vocab) -> float32 (B, vocab), with -inf
     for every token that may not be drawn. Expects options.temperature > 0."""
-    logits = logits.float() / options.temperature
+    logits = logits.float()
+    # shifted so the largest is 0: a tiny temperature then sends the others to -inf, not to inf - inf
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / options.temperature
     if options.top_k is not None and options.top_k < logits.size(-1):
         kth_largest = torch.topk(logits, options.top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth_largest, -math.inf)

@@ -350,6 +350,39 @@ def test_bad_input_is_a_clear_error(gpt_oss_model, call, error, match):
         call(gpt_oss_model)
 
 
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m, c: m(torch.tensor([[1, 2, 3]]), cache=c), "holds 2 sequences, not 1"),
+        (lambda m, c: m(torch.ones(2, 9, dtype=torch.long), cache=c), "exceed its capacity of 8"),
+        (lambda m, c: m(torch.ones(2, 3, dtype=torch.long), cache=c, padding_mask=torch.tensor([[True, True, False]] * 2)), "left padding"),
+        (lambda m, c: m(torch.ones(2, 3, dtype=torch.long), cache=c, padding_mask=torch.ones(2, 2, dtype=torch.bool)), "padding_mask must have"),
+        (lambda m, c: m(torch.ones(2, 3, dtype=torch.long), logits_to_keep=-1), "logits_to_keep must be >= 0"),
+        (lambda m, c: m(torch.ones(2, 0, dtype=torch.long), cache=c), "token ids are empty"),
+        (lambda m, c: m(torch.ones(2, 3, dtype=torch.int16)), "torch.long"),
+    ],
+)
+def test_bad_forward_input_is_a_clear_error_and_leaves_the_cache_as_it_was(model, call, match):
+    """Checked before any layer writes: after the error the cache goes on as if it never happened."""
+    seq = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(seq)
+        cache = model.new_cache(2, capacity=8)
+        first = model(seq[:, :5], cache=cache)
+        with pytest.raises((ValueError, TypeError), match=match):
+            call(model, cache)
+        rest = model(seq[:, 5:], cache=cache)
+    assert (torch.cat([first, rest], dim=1) - expected).abs().max() <= 1e-5
+
+
+def test_padding_after_the_first_chunk_is_refused(model):
+    with torch.no_grad():
+        cache = model.new_cache(1)
+        model(torch.tensor([[1, 2]]), cache=cache)
+        with pytest.raises(ValueError, match="first chunk"):
+            model(torch.tensor([[3]]), cache=cache, padding_mask=torch.tensor([[True]]))
+
+
 def test_empty_text_prompt(char_model_and_tokenizer):
     model, tokenizer = char_model_and_tokenizer
     with pytest.raises(ValueError, match="empty"):
@@ -431,6 +464,21 @@ def test_plain_chat_stops_at_the_next_user_line():
     assert tokenizer.decode(model.prompts[1]) == "User: Hi\nAssistant: Hello.\nUser: And\nAssistant:"
 
 
+def test_a_message_too_long_for_the_context_keeps_the_conversation():
+    import io
+
+    from gptoss.chat import PlainFormat, chat_loop
+
+    tokenizer = build_tokenizer("char", text=string.ascii_letters + " .,:!\n")
+    script = tokenizer.encode(" Hi.\nUser:") * 2  # 10 tokens per reply
+    config = GPTConfig.preset("tiny", vocab_size=tokenizer.vocab_size, d_model=16, num_layers=1, num_heads=2, d_ff=16, max_seq_len=64)
+    model = ScriptedModel(config, script).eval()
+    output = io.StringIO()
+    history = chat_loop(model, PlainFormat(tokenizer), 10, io.StringIO("Hi\n" + "x" * 60 + "\nAnd\n"), output, temperature=0)
+    assert "more than the 54 the context leaves" in output.getvalue()
+    assert history == [("user", "Hi"), ("assistant", "Hi."), ("user", "And"), ("assistant", "Hi.")]
+
+
 # ------------------------------------------------------------------------------ command line
 @pytest.fixture(scope="module")
 def char_checkpoint(tmp_path_factory, char_model_and_tokenizer):
@@ -470,6 +518,21 @@ def test_generate_command_bad_input(char_checkpoint, capsys, extra, message):
     from gptoss.cli import main
 
     assert main(["generate", "--checkpoint", str(char_checkpoint)] + extra) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--temperature", "-1"], "temperature"), (["--top-p", "2"], "top_p"), (["--max-new-tokens", "128"], "leaves no room")],
+)
+def test_chat_command_checks_its_options_before_the_first_message(char_checkpoint, char_model_and_tokenizer, capsys, monkeypatch, extra, message):
+    import io
+
+    from gptoss.cli import main
+
+    assert char_model_and_tokenizer[0].config.max_seq_len == 128
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n"))
+    assert main(["chat", "--checkpoint", str(char_checkpoint)] + extra) == 2
     assert message in capsys.readouterr().err
 
 

@@ -106,6 +106,12 @@ def test_top_k_1_and_tiny_top_p_are_greedy():
         assert torch.equal(sample_next(logits, options, torch.Generator().manual_seed(0)), logits.argmax(-1))
 
 
+def test_a_tiny_temperature_is_greedy_not_nan():
+    logits = torch.randn(8, 30) * 100
+    options = SamplingOptions(temperature=1e-38)
+    assert torch.equal(sample_next(logits, options, torch.Generator().manual_seed(0)), logits.argmax(-1))
+
+
 def test_a_fixed_seed_reproduces_and_the_draws_follow_the_distribution():
     logits = torch.tensor([[0.0, 1.0, 2.0, -1.0]]).expand(20000, -1)
     options = SamplingOptions(temperature=1.0)
