@@ -45,9 +45,15 @@ def write_directory_atomically(directory: str | Path, write) -> Path:
                 with open(file, "rb") as f:
                     os.fsync(f.fileno())
         if directory.exists():
+            # a folder cannot replace a folder in one rename: move the old one aside first, and put
+            # it back if anything fails before the new one is in place
             old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
             os.rename(directory, old / directory.name)
-            os.rename(tmp, directory)
+            try:
+                os.rename(tmp, directory)
+            except BaseException:
+                os.rename(old / directory.name, directory)
+                raise
             shutil.rmtree(old)
         else:
             os.rename(tmp, directory)

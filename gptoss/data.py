@@ -74,6 +74,8 @@ def load_corpus(name_or_path: str | Path, max_chars: int | None = None) -> str:
 
 def iter_corpus(name_or_path: str | Path, max_chars: int | None = None) -> Iterator[str]:
     """The text of `load_corpus(name_or_path, max_chars)` in pieces of at most about 1 MB."""
+    if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1):
+        raise ValueError(f"max_chars must be a positive number of characters (or None: all), got {max_chars!r}")
     remaining = max_chars
     files = corpus_files(name_or_path)
     for index, path in enumerate(files):

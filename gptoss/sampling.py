@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
+# below this, logits / temperature can overflow float32 (a tiny temperature is greedy: ask for 0)
+MIN_TEMPERATURE = 1e-6
+
 
 @dataclass(frozen=True)
 class SamplingOptions:
@@ -46,8 +49,11 @@ class SamplingOptions:
             return value
 
         temperature, top_p, min_p, penalty = (number(n) for n in ("temperature", "top_p", "min_p", "repetition_penalty"))
-        if temperature is None or not 0 <= temperature < math.inf:
-            raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+        if temperature is None or not (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf):
+            raise ValueError(
+                f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, inf), got {temperature}: below that, "
+                "logits / temperature overflows float32; use 0 for greedy decoding"
+            )
         if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)):
             raise TypeError(f"top_k must be an int or None, got {self.top_k!r}")
         if self.top_k is not None and self.top_k < 1:
@@ -79,9 +85,7 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 def filter_logits(logits: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
     """Temperature, then top-k, top-p and min-p: logits (B, vocab) -> float32 (B, vocab), with -inf
     for every token that may not be drawn. Expects options.temperature > 0."""
-    logits = logits.float()
-    # shifted so the largest is 0: a tiny temperature then sends the others to -inf, not to inf - inf
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / options.temperature
+    logits = logits.float() / options.temperature
     if options.top_k is not None and options.top_k < logits.size(-1):
         kth_largest = torch.topk(logits, options.top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth_largest, -math.inf)

@@ -184,8 +184,8 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1): training evaluates on held-out text, got {self.val_fraction!r}")
         if not 0 <= self.bpe_dropout < 1:
             raise ValueError(f"bpe_dropout must be in [0, 1), got {self.bpe_dropout!r}")
         if self.bpe_dropout and self.tokenizer != "bpe":
@@ -355,9 +355,12 @@ class Distributed:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` is this process's CUDA device (LOCAL_RANK under torchrun) when present, else the CPU."""
+    """`auto` is this process's CUDA device when present, else the CPU; `cuda` is this process's
+    CUDA device (cuda:LOCAL_RANK under torchrun)."""
     if name == "auto":
-        name = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":  # under torchrun each process takes its own GPU, not all of them GPU 0
+        name = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for but CUDA is not available: use device = \"cpu\" or \"auto\"")
@@ -424,11 +427,19 @@ def find_checkpoint(path: str | Path) -> Path:
 
 def read_trainer_state(checkpoint: Path) -> dict:
     """The trainer state saved in a checkpoint (tensors and plain values only: weights_only)."""
-    return torch.load(checkpoint / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
+    path = checkpoint / TRAINER_STATE_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, corrupt, or not a torch file: say which file, not a pickle trace
+        raise ValueError(f"{path} cannot be read ({type(error).__name__}: {error}); resume from another checkpoint") from error
+    missing = {"step", "tokens_seen", "optimizer", "data_generator", "rng"} - set(state if isinstance(state, dict) else ())
+    if missing:
+        raise ValueError(f"{path} is not a gptoss trainer state (missing {sorted(missing)}); resume from a checkpoint gptoss train wrote")
+    return state
 
 
 class MetricsLog:
-    """metrics.csv (one row per log interval and per evaluation) and TensorBoard, written by rank 0."""
+    """metrics.csv (one row per log interval, checkpoint and evaluation) and TensorBoard, written by rank 0."""
 
     COLUMNS = ("step", "tokens", "lr", "train_loss", "grad_norm", "aux_loss", "val_loss", "val_ppl", "val_bpb",
                "seq_len", "data_pool", "tokens_per_s", "elapsed_s")  # fmt: skip
@@ -538,10 +549,17 @@ class Trainer:
         self.dist = Distributed.from_environment(self.device)
         self.run_dir = Path(config.run_dir)
         self.checkpoint = find_checkpoint(resume) if resume is not None else None
+        if self.checkpoint is None and checkpoint_dirs(self.run_dir):
+            raise ValueError(
+                f"{self.run_dir} already holds checkpoints (latest: {checkpoint_dirs(self.run_dir)[-1].name}): continue "
+                f"that run with `gptoss train --resume {self.run_dir}`, or choose another run_dir"
+            )
         self.state = read_trainer_state(self.checkpoint) if self.checkpoint else None
 
         # batch geometry: batch_size = micro_batch_size x accumulation x processes
         world = self.dist.world_size
+        if config.batch_size < world:
+            raise ValueError(f"batch_size ({config.batch_size}) must be at least the process count ({world}): one sequence per process")
         self.micro_batch_size = config.micro_batch_size or config.batch_size // world
         if config.batch_size % (self.micro_batch_size * world):
             raise ValueError(
@@ -582,10 +600,24 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomically(self.run_dir / RUN_CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
+            self.set_aside_later_checkpoints()
             resumed_step = self.step if self.state is not None else None
             self.metrics = MetricsLog(self.run_dir, resumed_step, config.tensorboard)
 
     # ------------------------------------------------------------------ setup
+    def set_aside_later_checkpoints(self) -> None:
+        """Resuming from an earlier checkpoint (a rewind, e.g. after a divergence): move the run's
+        later checkpoints to checkpoints/abandoned/, so the run goes on from one history and neither
+        rotation nor a later --resume mistakes them for its own. Nothing is deleted."""
+        later = [d for d in checkpoint_dirs(self.run_dir) if d.name > f"step-{self.step:07d}"]
+        if not later:
+            return
+        aside = self.run_dir / CHECKPOINTS_DIR / "abandoned" / time.strftime("%Y%m%d-%H%M%S")
+        aside.mkdir(parents=True, exist_ok=True)
+        for directory in later:
+            os.replace(directory, aside / directory.name)
+        self.log(f"resuming from step {self.step}: moved the later checkpoints ({', '.join(d.name for d in later)}) to {aside}")
+
     def log(self, message: str) -> None:
         """Print from rank 0 only, without breaking the progress bar."""
         if self.dist.is_main:
@@ -797,7 +829,8 @@ class Trainer:
                 (tmp / RUN_CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
 
             save_model(model, directory, self.data.tokenizer, self.checkpoint_metadata(val_loss), write_trainer_files)
-            for old in checkpoint_dirs(self.run_dir)[: -self.config.keep_last]:
+            older = [d for d in checkpoint_dirs(self.run_dir) if d.name < directory.name]
+            for old in older[: max(len(older) - (self.config.keep_last - 1), 0)]:  # keep_last with this one
                 shutil.rmtree(old, ignore_errors=True)
         self.dist.barrier()
         return directory
@@ -840,9 +873,13 @@ class Trainer:
                     bar.update()
 
                     final = self.step == c.max_steps
-                    stopped_by = signals.received if self.dist.any(signals.received is not None, self.device) else None
+                    stopped_by = None  # every process stops at the same step, even if only one got the signal
+                    if self.dist.any(signals.received is not None, self.device):
+                        stopped_by = signals.received or "a stop signal (in another process)"
+                    checkpoint = (c.checkpoint_every and self.step % c.checkpoint_every == 0) or final or stopped_by
                     row = {}
-                    if self.step % c.log_every == 0 or final or stopped_by:
+                    # a row at every checkpoint too, so a run resumed from it logs the same intervals
+                    if self.step % c.log_every == 0 or checkpoint:
                         row = {**result, "train_loss": sum(interval_losses) / len(interval_losses),
                                "tokens_per_s": interval_tokens / interval_time}  # fmt: skip
                         interval_losses, interval_tokens, interval_time = [], 0, 0.0
@@ -856,7 +893,7 @@ class Trainer:
                     if val and val["val_loss"] < self.best_val_loss:
                         self.best_val_loss = val["val_loss"]
                         self.save_best(val["val_loss"])
-                    if (c.checkpoint_every and self.step % c.checkpoint_every == 0) or final or stopped_by:
+                    if checkpoint:
                         self.save_checkpoint(val.get("val_loss"))
                     if stopped_by:
                         self.log(f"{stopped_by}: saved {self.latest_checkpoint()} and stopped; continue with "

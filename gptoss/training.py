@@ -68,6 +68,8 @@ def train_model(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+    if not grad_clip >= 0 or not weight_decay >= 0:
+        raise ValueError(f"grad_clip (0: none) and weight_decay must be >= 0, got {grad_clip!r} and {weight_decay!r}")
     if seq_len > model.config.max_seq_len:
         raise ValueError(f"seq_len={seq_len} exceeds the model's max_seq_len={model.config.max_seq_len}")
     train_tokens = as_token_tensor(train_data, "train_data", seq_len)
@@ -84,7 +86,8 @@ def train_model(
             _, loss = model(x.to(device), y.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
             total += loss.item()
             bar.set_postfix(loss=f"{loss.item():.4f}")

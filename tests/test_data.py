@@ -317,6 +317,14 @@ def test_cli_prepare(tmp_path, capsys):
     assert "train +" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("max_chars", [0, -5])
+def test_max_chars_must_be_positive(tmp_path, max_chars):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(SAMPLE)
+    with pytest.raises(ValueError, match="max_chars must be a positive number"):
+        prepare(corpus, "char", tmp_path / "out", max_chars=max_chars, progress=False)
+
+
 def test_cli_prepare_writes_where_training_looks(tmp_path, monkeypatch):
     """Without --out, `gptoss prepare` writes the folder `gptoss train` reads for the same settings."""
     corpus = tmp_path / "corpus.txt"

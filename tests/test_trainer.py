@@ -100,6 +100,7 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
         (dict(seq_len_warmup_steps=5, seq_len_start=64), ValueError, r"seq_len_start must be in \[1, seq_len = 32\]"),
         (dict(difficulty_start_fraction=0.0), ValueError, r"difficulty_start_fraction must be in \(0, 1\]"),
         (dict(seq_len_warmup_steps=-1), ValueError, "seq_len_warmup_steps must be >= 0"),
+        (dict(val_fraction=0.0), ValueError, r"val_fraction must be in \(0, 1\)"),
     ],
 )
 def test_bad_config_values_are_rejected(corpus, data_dir, tmp_path, changes, error, match):
@@ -265,8 +266,8 @@ def test_metrics_curve_summary_and_bits_per_byte(corpus, data_dir, tmp_path):
     trainer = Trainer(config)
     summary = trainer.fit()
     rows = metrics(tmp_path)
-    assert [r["step"] for r in rows] == ["2", "3", "4", "6"]  # logs every 2, evals every 3
-    assert rows[1]["train_loss"] == "" and rows[1]["val_loss"] != ""
+    assert [r["step"] for r in rows] == ["2", "3", "4", "6"]  # logs every 2, evals and checkpoints every 3
+    assert rows[0]["val_loss"] == "" and rows[1]["train_loss"] != "" and rows[1]["val_loss"] != ""
     val_tokens = trainer.val_y.numel()
     val_bytes = sum(len(trainer.data.tokenizer.decode(row).encode()) for row in trainer.val_y)
     last = rows[-1]
@@ -277,6 +278,59 @@ def test_metrics_curve_summary_and_bits_per_byte(corpus, data_dir, tmp_path):
     assert (tmp_path / "loss_curve.png").stat().st_size > 1000
     assert (tmp_path / "best" / "model.safetensors").is_file()
     assert len(checkpoint_dirs(tmp_path)) == 2  # keep_last
+
+
+def test_resume_between_log_rows_and_a_rewind(corpus, data_dir, tmp_path):
+    """Rows every 2 updates, checkpoints every 3: a run resumed from step 3 logs the rows of the
+    uninterrupted run. Resuming the run from step 3 again (a rewind) sets its later checkpoint
+    aside rather than letting rotation delete the new ones; a fresh run refuses the folder."""
+    whole = tiny_config(corpus, data_dir, tmp_path / "whole", log_every=2)
+    Trainer(whole).fit()
+    step_3 = tmp_path / "whole" / "checkpoints" / "step-0000003"
+    Trainer(whole.replace(run_dir=str(tmp_path / "resumed")), resume=step_3).fit()
+
+    def exact(run_dir):
+        return [{c: r[c] for c in EXACT_COLUMNS} for r in metrics(run_dir) if int(r["step"]) > 3]
+
+    assert exact(tmp_path / "resumed") == exact(tmp_path / "whole")
+
+    Trainer(whole.replace(max_steps=4, keep_last=1), resume=step_3).fit()
+    assert [d.name for d in checkpoint_dirs(tmp_path / "whole")] == ["step-0000004"]
+    assert [p.name for p in (tmp_path / "whole" / "checkpoints" / "abandoned").glob("*/step-*")] == ["step-0000006"]
+    assert max(int(r["step"]) for r in metrics(tmp_path / "whole")) == 4
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        Trainer(whole)
+
+
+def test_a_corrupt_or_foreign_trainer_state_is_a_clear_error(corpus, data_dir, tmp_path):
+    config = tiny_config(corpus, data_dir, tmp_path / "run", max_steps=3)
+    Trainer(config).fit()
+    checkpoint = checkpoint_dirs(tmp_path / "run")[-1]
+    state_file = checkpoint / "trainer_state.pt"
+    state_file.write_bytes(state_file.read_bytes()[:100])  # truncated
+    with pytest.raises(ValueError, match="trainer_state.pt cannot be read"):
+        Trainer(config, resume=checkpoint)
+    torch.save({"weights": torch.zeros(2)}, state_file)
+    with pytest.raises(ValueError, match="is not a gptoss trainer state"):
+        Trainer(config, resume=checkpoint)
+
+
+def test_replacing_a_checkpoint_folder_keeps_the_old_one_if_the_rename_fails(tmp_path, monkeypatch):
+    from gptoss.checkpoint import write_directory_atomically
+
+    target = write_directory_atomically(tmp_path / "best", lambda tmp: (tmp / "weights").write_text("old"))
+    real_rename = os.rename
+
+    def failing_rename(source, destination):
+        if Path(destination) == target and ".tmp-" in Path(source).name:
+            raise KeyboardInterrupt  # Ctrl-C between moving the old folder aside and the new one in
+        real_rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(KeyboardInterrupt):
+        write_directory_atomically(target, lambda tmp: (tmp / "weights").write_text("new"))
+    assert (target / "weights").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".best.tmp")] == []
 
 
 # ---------------------------------------------------------------------------------------- processes

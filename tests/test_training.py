@@ -58,6 +58,7 @@ def test_train_model_accepts_lists_arrays_and_tensors(capsys):
         (list(range(50)), {"learning_rate": -1.0}, ValueError, "learning_rate"),
         (list(range(50)), {"batch_size": 0}, ValueError, "batch_size"),
         (list(range(50)), {"seq_len": 100}, ValueError, "max_seq_len"),
+        (list(range(50)), {"grad_clip": -1.0}, ValueError, "grad_clip"),
         ([0, 1, 2, 99] * 20, {}, ValueError, "outside \\[0, 50\\)"),
     ],
 )
