@@ -7,8 +7,8 @@ sequence length, learning-rate schedule and optimizer: only the [model] preset d
 trained with `gptoss.trainer.Trainer` (fit(): AdamW, warmup + cosine, clipping, periodic
 validation on a fixed subset, metrics.csv) in its own run folder under --out. Prints a Markdown
 table of the loss at intervals and a summary (final validation loss, parameters, tokens/s), and
-saves both loss curves in one PNG. Train losses are cross-entropy only: for the MoE model the
-trainer's logged loss includes router_aux_loss_coef x the load-balancing loss, which is taken out.
+saves both loss curves in one PNG. Train losses are cross-entropy only (the trainer logs the MoE
+model's load-balancing loss apart, as aux_loss).
 
 tokens/s is the trainer's: tokens of the updates divided by the time spent in them (evaluation and
 checkpoints excluded). The two runs are sequential, on a possibly shared machine: the load average
@@ -21,6 +21,7 @@ import argparse
 import csv
 import os
 import platform
+import shutil
 from pathlib import Path
 
 import torch
@@ -42,17 +43,12 @@ def train(preset: str, args) -> tuple[dict, list[dict], float, tuple[int, int]]:
         checkpoint_every=0, keep_last=1, log_every=args.eval_every, progress=False, tensorboard=False, device="cpu",
         seed=args.seed,
     )  # fmt: skip
+    shutil.rmtree(config.run_dir, ignore_errors=True)  # the bench's own scratch run: start afresh
     load = os.getloadavg()[0]
     trainer = Trainer(config)
     summary = trainer.fit()
     with open(Path(config.run_dir) / "metrics.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    # the trainer's train_loss of an MoE model includes router_aux_loss_coef x aux_loss (its
-    # validation loss does not): take it out, so that both models' train curves are cross-entropy
-    coef = trainer.model_config.router_aux_loss_coef
-    for row in rows:
-        if row["train_loss"] and row.get("aux_loss"):
-            row["train_loss"] = str(float(row["train_loss"]) - coef * float(row["aux_loss"]))
     return summary, rows, load, parameter_counts(trainer.raw_model)
 
 

@@ -23,6 +23,7 @@ import argparse
 import csv
 import json
 import platform
+import shutil
 import statistics
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def run(name: str, changes: dict, seed: int, args) -> list[tuple[float, float, i
     run_dir = args.out / f"{name}-seed{seed}"
     config = TrainConfig.from_dict(BASE | changes | dict(run_dir=str(run_dir), seed=seed, max_steps=args.steps,
                                                          eval_every=args.eval_every, max_chars=args.max_chars))  # fmt: skip
+    shutil.rmtree(run_dir, ignore_errors=True)  # the bench's own scratch run: start afresh
     summary = Trainer(config).fit()
     with open(run_dir / METRICS_FILE, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["val_loss"]]

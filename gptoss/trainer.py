@@ -720,8 +720,8 @@ class Trainer:
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def train_step(self) -> dict:
-        """One optimizer update; returns its lr, mean loss, gradient norm, window length, tokens
-        (over all processes) and, for MoE models, the aux loss.
+        """One optimizer update; returns its lr, mean cross-entropy, gradient norm, window length,
+        tokens (over all processes) and, for MoE models, the aux loss (trained on, logged apart).
 
         Raises TrainingDiverged before touching the weights when the loss or the gradient norm
         is not finite.
@@ -738,10 +738,11 @@ class Trainer:
             # the mean over micro-batches (and, by DDP/FSDP's averaging, over processes) is the
             # gradient of the mean loss over the whole batch
             self.scaler.scale(loss / self.accumulation).backward()
-            losses[0] += loss.detach().float()
             aux = self.raw_model.aux_loss()
-            if aux is not None:
+            if aux is not None:  # logged apart: train_loss is the cross-entropy, like val_loss
                 losses[1] += aux.detach().float()
+                loss = loss - self.model_config.router_aux_loss_coef * aux
+            losses[0] += loss.detach().float()
         self.scaler.unscale_(self.optimizer)
         parameters = [p for p in self.raw_model.parameters() if p.grad is not None]
         grad_norm = nn.utils.get_total_norm([p.grad for p in parameters])
