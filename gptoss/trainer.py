@@ -656,11 +656,17 @@ class Trainer:
         """The GPT of the [model] table, or the checkpoint's when resuming."""
         if self.checkpoint is None:
             return GPT(self.model_config).to(self.device).train()
-        model, _ = load_model(self.checkpoint, device="cpu")
+        model, tokenizer = load_model(self.checkpoint, device="cpu")
         if model.config != self.model_config:
             raise ValueError(
                 f"the checkpoint {self.checkpoint} holds a different model than the config describes: "
                 f"{model.config} vs {self.model_config}"
+            )
+        if tokenizer is not None and tokenizer.fingerprint != self.data.tokenizer.fingerprint:
+            raise ValueError(
+                f"the checkpoint {self.checkpoint} was trained with another tokenizer than the one of "
+                f"{self.config.data_path()} (the corpus was prepared again since?): its ids would mean other "
+                "text; resume with the data it was trained on, or start a new run"
             )
         return model.to(self.device).train()
 

@@ -315,6 +315,15 @@ def test_a_corrupt_or_foreign_trainer_state_is_a_clear_error(corpus, data_dir, t
         Trainer(config, resume=checkpoint)
 
 
+def test_resuming_on_data_with_another_tokenizer_is_refused(corpus, tmp_path):
+    config = tiny_config(corpus, tmp_path / "data", tmp_path / "run", tokenizer="bpe", bpe_vocab_size=300, max_steps=3)
+    Trainer(config).fit()
+    # the same vocabulary size, trained on other text: the same model shape, other ids
+    other = config.replace(data_dir=str(tmp_path / "other-data"), max_chars=50_000, run_dir=str(tmp_path / "resumed"))
+    with pytest.raises(ValueError, match="another tokenizer"):
+        Trainer(other, resume=tmp_path / "run")
+
+
 def test_replacing_a_checkpoint_folder_keeps_the_old_one_if_the_rename_fails(tmp_path, monkeypatch):
     from gptoss.checkpoint import write_directory_atomically
 
