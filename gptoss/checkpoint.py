@@ -9,15 +9,13 @@ the real name.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from gptoss.config import GPTConfig
+from gptoss.files import write_directory_atomically
 from gptoss.model import GPT
 
 FORMAT = "gptoss"
@@ -31,36 +29,6 @@ def model_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)
     return state
-
-
-def write_directory_atomically(directory: str | Path, write) -> Path:
-    """Call write(tmp_dir) to fill a temporary directory, then move it to `directory`."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        write(tmp)
-        for file in tmp.iterdir():  # make the bytes durable before the rename publishes them
-            if file.is_file():
-                with open(file, "rb") as f:
-                    os.fsync(f.fileno())
-        if directory.exists():
-            # a folder cannot replace a folder in one rename: move the old one aside first, and put
-            # it back if anything fails before the new one is in place
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            os.rename(directory, old / directory.name)
-            try:
-                os.rename(tmp, directory)
-            except BaseException:
-                os.rename(old / directory.name, directory)
-                raise
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
 
 
 def save_model(model: GPT, directory: str | Path, tokenizer=None, metadata: dict | None = None, write_extra=None) -> Path:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from gptoss.files import write_file_atomically, write_text_atomically
 from gptoss.tokenizers import (
     ENCODE_PIECE_CHARS,
     KINDS,
@@ -170,10 +171,7 @@ def download(url: str, destination: Path, sha256: str, how_to_supply: str) -> Pa
             f"saved. Try again later, or {how_to_supply}"
         )
     destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, destination)
-    return destination
+    return write_file_atomically(destination, lambda tmp: tmp.write_bytes(data))
 
 
 def fetch_url(url: str) -> bytes:
@@ -347,9 +345,7 @@ def prepare(
         "val_tokens": counts.get("val", 0),
         "files": {"train": "train.bin", "val": "val.bin"},
     }
-    temporary = out_dir / f".{META_FILE}.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    os.replace(temporary, out_dir / META_FILE)  # written last: its presence means the rest is complete
+    write_text_atomically(out_dir / META_FILE, json.dumps(meta, indent=1))  # last: its presence means the rest is complete
     return TokenDataset.load(out_dir, tokenizer_files_dir)
 
 

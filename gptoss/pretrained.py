@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from gptoss import checkpoint
 from gptoss.config import GPTConfig
+from gptoss.files import write_directory_atomically
 from gptoss.hf import (
     config_from_hf_gpt2,
     config_from_hf_gpt_oss,
@@ -446,7 +447,7 @@ def save_pretrained(model: GPT, directory: str | Path, format: str = "hf", token
         if tokenizer is not None:
             write_hf_tokenizer(tokenizer, tmp, config.max_seq_len)
 
-    return checkpoint.write_directory_atomically(directory, write)
+    return write_directory_atomically(directory, write)
 
 
 def write_hf_tokenizer(tokenizer, directory: Path, max_length: int) -> list[str]:

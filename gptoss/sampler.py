@@ -101,7 +101,7 @@ class WindowSampler:
     def windows_per_update(self, step: int) -> int:
         """Windows in the global batch at `step`: batch_size; during the length warmup (with
         seq_len_warmup_keep_tokens) enough windows of the current length for batch_size x seq_len
-        tokens, rounded up to a multiple of the granularity (so at most granularity x length more)."""
+        tokens, rounded up to a multiple of the granularity (so fewer than `granularity` windows more)."""
         length = self.seq_len(step)
         if length == self.config.seq_len or not self.config.seq_len_warmup_keep_tokens:
             return self.config.batch_size

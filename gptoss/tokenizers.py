@@ -29,6 +29,8 @@ from unittest import mock
 
 import numpy as np
 
+from gptoss.files import write_text_atomically
+
 KINDS = ("char", "bpe", "gpt2", "o200k_harmony")
 TIKTOKEN_KINDS = ("gpt2", "o200k_harmony")
 END_OF_TEXT = "<|endoftext|>"
@@ -90,7 +92,7 @@ class Tokenizer(ABC):
         """Write this tokenizer into `directory` (created if needed); returns the folder."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(directory / DESCRIPTOR_FILE, json.dumps(self._descriptor(), indent=1))
+        write_text_atomically(directory / DESCRIPTOR_FILE, json.dumps(self._descriptor(), indent=1))
         return directory
 
     def _checked_ids(self, ids: Sequence[int] | np.ndarray) -> list[int]:
@@ -292,7 +294,7 @@ class BPETokenizer(Tokenizer):
 
     def save(self, directory: str | Path) -> Path:
         directory = super().save(directory)
-        _write_atomic(directory / BPE_FILE, self._backend.to_str(pretty=True))
+        write_text_atomically(directory / BPE_FILE, self._backend.to_str(pretty=True))
         return directory
 
 
@@ -440,10 +442,3 @@ def split_at_safe_cuts(text: str, piece_chars: int) -> list[str]:
         pieces.append(text[start:cut])
         start = cut
     return pieces + [text[start:]] if start < len(text) else pieces
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and rename, so a crash never leaves a half-written file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)

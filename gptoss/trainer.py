@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from gptoss.checkpoint import load_model, save_model
 from gptoss.config import PRESETS, GPTConfig
 from gptoss.data import TokenDataset, default_prepared_dir, prepare, random_batch
+from gptoss.files import write_file_atomically, write_text_atomically
 from gptoss.model import GPT
 from gptoss.sampler import WindowSampler
 from gptoss.schedule import LRSchedule
@@ -62,7 +63,7 @@ RUN_CONFIG_FILE = "run_config.json"
 METRICS_FILE = "metrics.csv"
 CURVE_FILE = "loss_curve.png"
 CHECKPOINTS_DIR, BEST_DIR = "checkpoints", "best"
-# gather whole (unsharded) tensors, on the CPU; under FSDP only rank 0 receives them
+# gather whole (unsharded) tensors, on the CPU; under torchrun only rank 0 receives them
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -401,13 +402,6 @@ class TrainingDiverged(RuntimeError):
     """The loss or the gradient norm stopped being finite."""
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
     """The complete checkpoints of a run, oldest first."""
     found = Path(run_dir, CHECKPOINTS_DIR).glob("step-*")
@@ -506,9 +500,7 @@ def plot_loss_curve(rows: list[dict], path: Path, title: str) -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    figure.savefig(tmp)
-    os.replace(tmp, path)
+    write_file_atomically(path, figure.savefig)
 
 
 class StopSignals:
@@ -802,7 +794,8 @@ class Trainer:
         return found[-1] if found else None
 
     def gather_model(self) -> GPT:
-        """A plain GPT holding the full weights (gathered on rank 0 under FSDP; no copy otherwise).
+        """A plain GPT holding the full weights on rank 0, on the CPU (gathered from the shards under
+        FSDP; a CPU run shares its tensors, a CUDA run copies them to the CPU).
 
         A collective: every process must call it."""
         state = get_model_state_dict(self.model, options=FULL_STATE)

@@ -325,7 +325,7 @@ def test_resuming_on_data_with_another_tokenizer_is_refused(corpus, tmp_path):
 
 
 def test_replacing_a_checkpoint_folder_keeps_the_old_one_if_the_rename_fails(tmp_path, monkeypatch):
-    from gptoss.checkpoint import write_directory_atomically
+    from gptoss.files import write_directory_atomically
 
     target = write_directory_atomically(tmp_path / "best", lambda tmp: (tmp / "weights").write_text("old"))
     real_rename = os.rename

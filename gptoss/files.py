@@ -1,0 +1,62 @@
+"""Files and folders written atomically: readers see the old version or the new one, never half.
+
+Everything is written under a temporary name beside its destination (same filesystem), made
+durable, then renamed into place; a crash or Ctrl-C midway leaves the old file or folder as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_file_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call write(tmp) to fill a temporary file beside `path` (same suffix, for writers that go by
+    it), then rename it over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically."""
+    return write_file_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_directory_atomically(directory: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call write(tmp_dir) to fill a temporary directory, then move it to `directory`."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        write(tmp)
+        for file in tmp.rglob("*"):  # make the bytes durable before the rename publishes them
+            if file.is_file():
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
+        if directory.exists():
+            # a folder cannot replace a folder in one rename: move the old one aside first, and put
+            # it back if anything fails before the new one is in place
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+            os.rename(directory, old / directory.name)
+            try:
+                os.rename(tmp, directory)
+            except BaseException:
+                os.rename(old / directory.name, directory)
+                raise
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
