@@ -1,7 +1,10 @@
 """Files and folders written atomically: readers see the old version or the new one, never half.
 
-Everything is written under a temporary name beside its destination (same filesystem), made
-durable, then renamed into place; a crash or Ctrl-C midway leaves the old file or folder as it was.
+Everything is written under a temporary name beside its destination (same filesystem), flushed to
+disk, then renamed into place; a crash or Ctrl-C midway leaves the old file or folder as it was.
+One gap: a folder cannot replace a folder in a single rename, so the old one is moved aside first;
+an exception between the two renames puts it back, but a process killed outright (SIGKILL, power
+loss) exactly there leaves it in `.NAME.old-*/NAME` beside the destination.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ def write_file_atomically(path: str | Path, write: Callable[[Path], object]) -> 
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         write(tmp)
+        with open(tmp, "rb") as f:  # the bytes on disk before the rename publishes them
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

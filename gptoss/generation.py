@@ -160,9 +160,7 @@ def left_pad(model, prompts: Sequence[Sequence[int]] | torch.Tensor) -> tuple[to
     """Batch prompts of different lengths: ids (B, T) left-padded with 0, and a (B, T) bool mask
     (False = padding), or None when no prompt is padded."""
     if isinstance(prompts, torch.Tensor):
-        model.check_input(prompts)
-        if prompts.shape[1] == 0:
-            raise ValueError("the prompt is empty: give at least one token id to start from")
+        model.check_input(prompts)  # also refuses an empty prompt
         return prompts, None
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not all(
         isinstance(p, Sequence) and not isinstance(p, (str, bytes)) for p in prompts

@@ -95,7 +95,9 @@ class KVCache:
             )
         # a row's padding must come before its tokens, in the first chunk: a ring buffer keeps a
         # chunk's last `window` columns, which must be the row's latest positions
-        if padding_mask is not None and (self.length > 0 or not bool((padding_mask.long().diff(dim=1) >= 0).all())):
+        if padding_mask is None or bool(padding_mask.all()):
+            return
+        if self.length > 0 or not bool((padding_mask.long().diff(dim=1) >= 0).all()):
             raise ValueError(
                 "with a KV cache, padding must be left padding in the first chunk (each row: padding, "
                 "then its tokens); later chunks take no padding_mask"

@@ -50,9 +50,10 @@ class SamplingOptions:
 
         temperature, top_p, min_p, penalty = (number(n) for n in ("temperature", "top_p", "min_p", "repetition_penalty"))
         if temperature is None or not (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf):
+            tiny = temperature is not None and 0 < temperature < MIN_TEMPERATURE
             raise ValueError(
-                f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, inf), got {temperature}: below that, "
-                "logits / temperature overflows float32; use 0 for greedy decoding"
+                f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, inf), got {temperature}"
+                + (": a smaller one overflows float32 in logits / temperature; use 0 for greedy decoding" if tiny else "")
             )
         if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)):
             raise TypeError(f"top_k must be an int or None, got {self.top_k!r}")

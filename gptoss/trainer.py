@@ -30,6 +30,7 @@ import random
 import re
 import shutil
 import signal
+import tempfile
 import time
 import typing
 from dataclasses import dataclass, field
@@ -360,11 +361,15 @@ def resolve_device(name: str) -> torch.device:
     CUDA device (cuda:LOCAL_RANK under torchrun)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":  # under torchrun each process takes its own GPU, not all of them GPU 0
-        name = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    if name == "cuda" and torch.cuda.is_available():
+        # under torchrun each process takes its own GPU (unless each sees only its own)
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        name = f"cuda:{local_rank if local_rank < torch.cuda.device_count() else 0}"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for but CUDA is not available: use device = \"cpu\" or \"auto\"")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives run on the current device
     return device
 
 
@@ -541,10 +546,13 @@ class Trainer:
         self.dist = Distributed.from_environment(self.device)
         self.run_dir = Path(config.run_dir)
         self.checkpoint = find_checkpoint(resume) if resume is not None else None
-        if self.checkpoint is None and checkpoint_dirs(self.run_dir):
+        # a run folder holds one run: a fresh run, or one resumed from another folder, goes elsewhere
+        own_checkpoints = self.run_dir / CHECKPOINTS_DIR
+        resuming_here = self.checkpoint is not None and self.checkpoint.resolve().parent == own_checkpoints.resolve()
+        if checkpoint_dirs(self.run_dir) and not resuming_here:
             raise ValueError(
-                f"{self.run_dir} already holds checkpoints (latest: {checkpoint_dirs(self.run_dir)[-1].name}): continue "
-                f"that run with `gptoss train --resume {self.run_dir}`, or choose another run_dir"
+                f"{self.run_dir} already holds checkpoints of a run (latest: {checkpoint_dirs(self.run_dir)[-1].name}): "
+                f"continue it with `gptoss train --resume {self.run_dir}`, or choose another run_dir"
             )
         self.state = read_trainer_state(self.checkpoint) if self.checkpoint else None
 
@@ -604,8 +612,9 @@ class Trainer:
         later = [d for d in checkpoint_dirs(self.run_dir) if d.name > f"step-{self.step:07d}"]
         if not later:
             return
-        aside = self.run_dir / CHECKPOINTS_DIR / "abandoned" / time.strftime("%Y%m%d-%H%M%S")
-        aside.mkdir(parents=True, exist_ok=True)
+        abandoned = self.run_dir / CHECKPOINTS_DIR / "abandoned"
+        abandoned.mkdir(parents=True, exist_ok=True)
+        aside = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=abandoned))
         for directory in later:
             os.replace(directory, aside / directory.name)
         self.log(f"resuming from step {self.step}: moved the later checkpoints ({', '.join(d.name for d in later)}) to {aside}")

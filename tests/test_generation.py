@@ -379,8 +379,9 @@ def test_padding_after_the_first_chunk_is_refused(model):
     with torch.no_grad():
         cache = model.new_cache(1)
         model(torch.tensor([[1, 2]]), cache=cache)
+        model(torch.tensor([[3]]), cache=cache, padding_mask=torch.tensor([[True]]))  # no padding: fine
         with pytest.raises(ValueError, match="first chunk"):
-            model(torch.tensor([[3]]), cache=cache, padding_mask=torch.tensor([[True]]))
+            model(torch.tensor([[3, 4]]), cache=cache, padding_mask=torch.tensor([[False, True]]))
 
 
 def test_empty_text_prompt(char_model_and_tokenizer):

@@ -137,7 +137,7 @@ def test_repetition_penalty_equals_transformers(penalty):
         (dict(min_p=1.5), ValueError, "min_p must be in \\[0, 1\\]"),
         (dict(temperature=-1), ValueError, "temperature must be 0 \\(greedy\\) or in"),
         (dict(temperature=float("inf")), ValueError, "temperature must be 0 \\(greedy\\) or in"),
-        (dict(temperature=1e-38), ValueError, "overflows float32; use 0 for greedy"),
+        (dict(temperature=1e-38), ValueError, "overflows float32 in logits / temperature; use 0 for greedy"),
         (dict(repetition_penalty=-1.0), ValueError, "repetition_penalty must be > 0"),
         (dict(temperature=0, top_k=5), ValueError, "conflicting options: temperature=0"),
         (dict(temperature=0, min_p=0.1), ValueError, "conflicting options: temperature=0"),

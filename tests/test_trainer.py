@@ -300,6 +300,8 @@ def test_resume_between_log_rows_and_a_rewind(corpus, data_dir, tmp_path):
     assert max(int(r["step"]) for r in metrics(tmp_path / "whole")) == 4
     with pytest.raises(ValueError, match="already holds checkpoints"):
         Trainer(whole)
+    with pytest.raises(ValueError, match="already holds checkpoints"):  # another run's checkpoint
+        Trainer(whole.replace(run_dir=str(tmp_path / "resumed")), resume=tmp_path / "whole")
 
 
 def test_a_corrupt_or_foreign_trainer_state_is_a_clear_error(corpus, data_dir, tmp_path):
