@@ -48,6 +48,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm.auto import tqdm
 
+from gptoss.checkpoint import CONFIG_FILE as CHECKPOINT_CONFIG_FILE
 from gptoss.checkpoint import load_model, save_model
 from gptoss.config import PRESETS, GPTConfig
 from gptoss.data import TokenDataset, default_prepared_dir, prepare, random_batch
@@ -607,9 +608,13 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def set_aside_later_checkpoints(self) -> None:
         """Resuming from an earlier checkpoint (a rewind, e.g. after a divergence): move the run's
-        later checkpoints to checkpoints/abandoned/, so the run goes on from one history and neither
-        rotation nor a later --resume mistakes them for its own. Nothing is deleted."""
+        later checkpoints, and best/ if it was saved later, to checkpoints/abandoned/, so the run goes
+        on from one history and neither rotation, a later --resume nor best/ mixes in the other one.
+        Nothing is deleted."""
         later = [d for d in checkpoint_dirs(self.run_dir) if d.name > f"step-{self.step:07d}"]
+        best = self.run_dir / BEST_DIR
+        if best.is_dir() and json.loads((best / CHECKPOINT_CONFIG_FILE).read_text())["metadata"].get("step", 0) > self.step:
+            later.append(best)
         if not later:
             return
         abandoned = self.run_dir / CHECKPOINTS_DIR / "abandoned"
@@ -617,7 +622,7 @@ class Trainer:
         aside = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=abandoned))
         for directory in later:
             os.replace(directory, aside / directory.name)
-        self.log(f"resuming from step {self.step}: moved the later checkpoints ({', '.join(d.name for d in later)}) to {aside}")
+        self.log(f"resuming from step {self.step}: moved what came after it ({', '.join(d.name for d in later)}) to {aside}")
 
     def log(self, message: str) -> None:
         """Print from rank 0 only, without breaking the progress bar."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import math
 import os
 import signal
@@ -296,7 +297,9 @@ def test_resume_between_log_rows_and_a_rewind(corpus, data_dir, tmp_path):
 
     Trainer(whole.replace(max_steps=4, keep_last=1), resume=step_3).fit()
     assert [d.name for d in checkpoint_dirs(tmp_path / "whole")] == ["step-0000004"]
-    assert [p.name for p in (tmp_path / "whole" / "checkpoints" / "abandoned").glob("*/step-*")] == ["step-0000006"]
+    assert sorted(p.name for p in (tmp_path / "whole" / "checkpoints" / "abandoned").glob("*/*")) == ["best", "step-0000006"]
+    best = tmp_path / "whole" / "best"  # saved again by the rewound run only if it improved on step 3
+    assert not best.exists() or json.loads((best / "config.json").read_text())["metadata"]["step"] == 4
     assert max(int(r["step"]) for r in metrics(tmp_path / "whole")) == 4
     with pytest.raises(ValueError, match="already holds checkpoints"):
         Trainer(whole)
