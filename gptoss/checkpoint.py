@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gptoss.config import GPTConfig
@@ -68,7 +69,13 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
         raise ValueError(f"{directory} is not a gptoss checkpoint (no {CONFIG_FILE} with format {FORMAT!r})")
     info = json.loads((directory / CONFIG_FILE).read_text())
     model = GPT(GPTConfig.from_dict(info["config"]), device="meta")
-    state = load_file(str(directory / WEIGHTS_FILE), device=str(device))
+    try:
+        state = load_file(str(directory / WEIGHTS_FILE), device=str(device))
+    except (OSError, SafetensorError) as err:
+        raise ValueError(
+            f"{directory / WEIGHTS_FILE} is missing or not a readable safetensors file ({err}): the checkpoint is "
+            "incomplete or corrupt; use another one"
+        ) from err
     model.load_state_dict(state, strict=False, assign=True)
     if model.config.tie_embeddings:
         model.lm_head.weight = model.transformer.wte.weight

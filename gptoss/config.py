@@ -6,11 +6,10 @@ architectural idea each; their defaults give the seed's GPT (GPT-2 style).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
@@ -87,6 +86,13 @@ class GPTConfig:
                 f"GPTConfig.d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads}), "
                 "or set head_dim explicitly"
             )
+        for name in ("num_kv_heads", "head_dim"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"GPTConfig.{name} must be None or a positive integer, got {value!r}")
+        for name in ("norm_eps", "rope_theta"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"GPTConfig.{name} must be > 0, got {getattr(self, name)!r}")
         if self.num_heads % self.kv_heads:
             raise ValueError(
                 f"GPTConfig.num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.kv_heads})"
@@ -104,6 +110,8 @@ class GPTConfig:
             missing = {"factor", "beta_fast", "beta_slow", "original_max_seq_len"} - set(self.rope_scaling)
             if missing:
                 raise ValueError(f"GPTConfig.rope_scaling lacks {sorted(missing)}")
+            if not self.rope_scaling["factor"] >= 1:
+                raise ValueError(f"GPTConfig.rope_scaling factor must be >= 1 (YaRN stretches the context), got {self.rope_scaling['factor']!r}")
         if self.mlp == "moe" and not 1 <= self.experts_per_token <= self.num_experts:
             raise ValueError(
                 "a mixture of experts needs 1 <= experts_per_token <= num_experts, got "
@@ -119,7 +127,7 @@ class GPTConfig:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown GPTConfig field(s) {sorted(unknown)}")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls(**{**copy.deepcopy(PRESETS[name]), **overrides})  # deep: rope_scaling is a dict
 
     def to_dict(self) -> dict:
         """Plain-dict form, JSON-serialisable."""
@@ -134,14 +142,6 @@ class GPTConfig:
             raise ValueError(f"unknown GPTConfig key(s) {sorted(unknown)}; known keys: {sorted(known)}")
         return cls(**values)
 
-    def save(self, path: str | Path) -> None:
-        """Write the config as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "GPTConfig":
-        """Read a config written by save()."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def yarn_concentration(factor: float) -> float:

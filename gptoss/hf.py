@@ -20,6 +20,11 @@ def config_from_hf_gpt2(hf: dict) -> GPTConfig:
     """GPTConfig from a GPT-2 `config.json` dict."""
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"unsupported GPT-2 activation {hf['activation_function']!r}: only the tanh GELU is implemented")
+    # attention variants GPT-2's config can switch on, which this model does not implement
+    variants = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False}
+    unsupported = {key: hf[key] for key, default in variants.items() if hf.get(key, default) != default}
+    if unsupported:
+        raise ValueError(f"unsupported GPT-2 attention option(s) {unsupported}: only standard GPT-2 attention is implemented")
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         d_model=hf["n_embd"],
@@ -35,8 +40,16 @@ def config_from_hf_gpt2(hf: dict) -> GPTConfig:
 
 def config_to_hf_gpt2(config: GPTConfig) -> dict:
     """A GPT-2 `config.json` dict for a GPT-2 style GPTConfig."""
-    if config.norm != "layernorm" or config.position != "learned" or config.mlp != "gelu" or config.head_dim not in (None, config.d_model // config.num_heads):
-        raise ValueError("only GPT-2 style configs (layernorm, learned positions, gelu MLP) export as GPT-2")
+    gpt2_style = (
+        config.norm == "layernorm" and config.position == "learned" and config.mlp == "gelu"
+        and config.head_dim in (None, config.d_model // config.num_heads) and config.kv_heads == config.num_heads
+        and not config.attention_sinks and config.sliding_window is None and config.attention_bias
+    )  # fmt: skip
+    if not gpt2_style:
+        raise ValueError(
+            "only GPT-2 style configs export as GPT-2: layernorm, learned positions, gelu MLP, multi-head "
+            "attention with biases, no sinks, no sliding window"
+        )
     return {
         "model_type": "gpt2",
         "architectures": ["GPT2LMHeadModel"],
@@ -80,19 +93,29 @@ def config_from_hf_gpt_oss(hf: dict) -> GPTConfig:
     """GPTConfig from a gpt-oss `config.json` dict (Hugging Face's; OpenAI's original uses the same
     keys for what matters here, or its own names, both accepted)."""
     get = lambda *keys, default=None: next((hf[k] for k in keys if k in hf), default)  # noqa: E731
+    required = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size")
+    missing = [key for key in required if get(key) is None]
+    if missing:
+        raise ValueError(f"gpt-oss config.json lacks {missing}: it is not a complete gpt-oss config")
     num_layers = get("num_hidden_layers")
     layer_types = hf.get("layer_types") or ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
     sliding = [t == "sliding_attention" for t in layer_types]
+    sliding_window = get("sliding_window", default=128)
     if sliding == [i % 2 == 0 for i in range(num_layers)]:
         pattern = "even"
     elif all(sliding):
         pattern = "all"
+    elif not any(sliding):
+        pattern, sliding_window = "even", None  # no sliding layer: full attention everywhere
     else:
-        raise ValueError(f"unsupported gpt-oss layer_types {layer_types}: expected sliding on even layers")
+        raise ValueError(f"unsupported gpt-oss layer_types {layer_types}: expected sliding on even layers, all or none")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     theta = rope.get("rope_theta", hf.get("rope_theta", 150000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "yarn"):
+        raise ValueError(f"unsupported rope_type {rope_type!r}: gpt-oss uses yarn (or plain rope, 'default')")
     scaling = None
-    if rope.get("rope_type", rope.get("type")) == "yarn" or "rope_scaling_factor" in hf:
+    if rope_type == "yarn" or "rope_scaling_factor" in hf:
         scaling = {
             "factor": float(rope.get("factor", hf.get("rope_scaling_factor", 32.0))),
             "beta_fast": float(rope.get("beta_fast", hf.get("rope_ntk_beta", 32.0))),
@@ -116,7 +139,7 @@ def config_from_hf_gpt_oss(hf: dict) -> GPTConfig:
         position="rope",
         rope_theta=float(theta),
         rope_scaling=scaling,
-        sliding_window=get("sliding_window", default=128),
+        sliding_window=sliding_window,
         sliding_window_pattern=pattern,
         attention_sinks=True,
         attention_bias=get("attention_bias", default=True),
@@ -125,7 +148,7 @@ def config_from_hf_gpt_oss(hf: dict) -> GPTConfig:
         experts_per_token=get("num_experts_per_tok", "experts_per_token"),
         swiglu_limit=float(get("swiglu_limit", default=7.0)),
         swiglu_alpha=float(get("swiglu_alpha", default=1.702)),
-        router_aux_loss_coef=0.0,
+        router_aux_loss_coef=float(get("router_aux_loss_coef", default=0.0)),
         tie_embeddings=get("tie_word_embeddings", default=False),
     )
 
@@ -141,6 +164,8 @@ def config_to_hf_gpt_oss(config: GPTConfig) -> dict:
             "rope_type": "yarn", "rope_theta": config.rope_theta, "factor": s["factor"], "beta_fast": s["beta_fast"],
             "beta_slow": s["beta_slow"], "truncate": False, "original_max_position_embeddings": s["original_max_seq_len"],
         }
+    # transformers 5 reads rope_parameters, 4.x rope_theta and rope_scaling: write both
+    rope_scaling = {k: v for k, v in rope.items() if k != "rope_theta"} if config.rope_scaling is not None else None
     return {
         "model_type": "gpt_oss",
         "architectures": ["GptOssForCausalLM"],
@@ -154,7 +179,10 @@ def config_to_hf_gpt_oss(config: GPTConfig) -> dict:
         "max_position_embeddings": config.max_seq_len,
         "rms_norm_eps": config.norm_eps,
         "rope_parameters": rope,
-        "sliding_window": config.sliding_window,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": rope_scaling,
+        # transformers needs a window even with no sliding layer (layer_types then has none)
+        "sliding_window": config.sliding_window or config.max_seq_len,
         "layer_types": [
             "sliding_attention" if config.is_sliding_layer(i) else "full_attention" for i in range(config.num_layers)
         ],
@@ -162,6 +190,7 @@ def config_to_hf_gpt_oss(config: GPTConfig) -> dict:
         "num_local_experts": config.num_experts,
         "num_experts_per_tok": config.experts_per_token,
         "swiglu_limit": config.swiglu_limit,
+        "swiglu_alpha": config.swiglu_alpha,
         "tie_word_embeddings": config.tie_embeddings,
         "router_aux_loss_coef": config.router_aux_loss_coef,
     }
@@ -202,7 +231,7 @@ def gpt_oss_name_pairs(num_layers: int, names: dict[str, str] = GPT_OSS_NAMES) -
 
 
 def gpt_oss_state_from_hf(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """Our state dict from a GptOssForCausalLM one (plain, not quantised, experts)."""
+    """Our state dict from a GptOssForCausalLM one (experts plain, or MXFP4 `_blocks`/`_scales` kept packed)."""
     state = {ours: hf_state[theirs] for ours, theirs in gpt_oss_name_pairs(config.num_layers) if theirs in hf_state}
     for i in range(config.num_layers):
         prefix = f"model.layers.{i}.self_attn."

@@ -58,7 +58,7 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dt
     Exact: every FP4 value times a power of two is representable in fp32 and bf16 (fp16 decodes
     through fp32, its exponent range being too narrow for the scales). Scale byte 255 (which the
     OCP MX spec reserves for NaN) decodes as transformers and OpenAI's reference decode it, with
-    ldexp: zero stays zero, other values overflow to +-inf.
+    ldexp: zero stays zero, +-0.5 becomes +-2^127, larger values overflow to +-inf.
     """
     if blocks.dtype != torch.uint8 or scales.dtype != torch.uint8:
         raise TypeError(f"MXFP4 blocks and scales must be uint8, got {blocks.dtype} and {scales.dtype}")

@@ -223,7 +223,8 @@ class CheckpointTensors:
             ) from err
 
     def _check_index(self) -> None:
-        index = next((self.directory / n for n in INDEX_FILES if (self.directory / n).is_file()), None)
+        indexes = [self.directory / n for n in INDEX_FILES if (self.directory / n).is_file()]
+        index = next(iter(indexes or sorted(self.directory.glob("*.safetensors.index.json"))), None)
         if index is None:
             return
         weight_map = read_index(index)
@@ -296,6 +297,8 @@ def read_index(path: Path) -> dict[str, str]:
         weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a valid index (a JSON object with a 'weight_map'): {err}") from err
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{path} is not a valid index: its 'weight_map' must map tensor names to shard file names")
     return weight_map
 
 
@@ -438,7 +441,10 @@ def save_pretrained(model: GPT, directory: str | Path, format: str = "hf", token
     if has_packed_experts(model):
         hf_config["quantization_config"] = MXFP4_QUANTIZATION_CONFIG
     hf_config["dtype"] = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
-    if tokenizer is not None and tokenizer.eot_id is not None:
+    if tokenizer is not None and tokenizer.kind == "o200k_harmony":  # as openai/gpt-oss-* ship
+        ids = {name: tokenizer.encode(token)[0] for name, token in HARMONY_SPECIAL_TOKENS.items()}
+        hf_config.update(bos_token_id=ids["bos_token"], eos_token_id=ids["eos_token"], pad_token_id=ids["pad_token"])
+    elif tokenizer is not None and tokenizer.eot_id is not None:
         hf_config["bos_token_id"] = hf_config["eos_token_id"] = tokenizer.eot_id
 
     def write(tmp: Path) -> None:
@@ -450,8 +456,12 @@ def save_pretrained(model: GPT, directory: str | Path, format: str = "hf", token
     return write_directory_atomically(directory, write)
 
 
-def write_hf_tokenizer(tokenizer, directory: Path, max_length: int) -> list[str]:
-    """Write `tokenizer` into a Hugging Face directory; returns the Hugging Face files written.
+# gpt-oss's special tokens as openai/gpt-oss-* declare them: a reply (a turn) ends at <|return|>
+HARMONY_SPECIAL_TOKENS = {"bos_token": "<|startoftext|>", "eos_token": "<|return|>", "pad_token": "<|endoftext|>"}
+
+
+def write_hf_tokenizer(tokenizer, directory: Path, max_length: int) -> None:
+    """Write `tokenizer` into a Hugging Face directory.
 
     Always writes this project's own description too (gptoss_tokenizer.json, read back by
     load_checkpoint_tokenizer). Hugging Face files: bpe -> tokenizer.json; gpt2 -> vocab.json and
@@ -463,18 +473,15 @@ def write_hf_tokenizer(tokenizer, directory: Path, max_length: int) -> list[str]
     special = "<|endoftext|>"
     hf_config = {"model_max_length": max_length, "bos_token": special, "eos_token": special}
     files_dir = getattr(tokenizer, "files_dir", None)
-    if tokenizer.kind == "bpe":
-        written = ["tokenizer.json"]  # tokenizer.save wrote it, in the `tokenizers` library's format
+    if tokenizer.kind == "bpe":  # tokenizer.save wrote tokenizer.json, in the `tokenizers` library's format
         hf_config["tokenizer_class"] = "PreTrainedTokenizerFast"
     elif tokenizer.kind == "gpt2" and files_dir is not None:
         shutil.copyfile(files_dir / "encoder.json", directory / "vocab.json")
         shutil.copyfile(files_dir / "vocab.bpe", directory / "merges.txt")
-        written = ["vocab.json", "merges.txt"]
         hf_config.update(tokenizer_class="GPT2Tokenizer", unk_token=special, add_prefix_space=False)
     elif tokenizer.kind == "o200k_harmony" and files_dir is not None:
         (directory / "tokenizer.json").write_text(harmony_tokenizer_json(tokenizer), encoding="utf-8")
-        written = ["tokenizer.json"]
-        hf_config.update(tokenizer_class="PreTrainedTokenizerFast", bos_token="<|startoftext|>", pad_token=special)
+        hf_config.update(tokenizer_class="PreTrainedTokenizerFast", **HARMONY_SPECIAL_TOKENS)
     else:
         warnings.warn(
             f"a {tokenizer.kind} tokenizer{'' if files_dir or tokenizer.kind in ('char', 'bpe') else ' without local files'} "
@@ -482,9 +489,8 @@ def write_hf_tokenizer(tokenizer, directory: Path, max_length: int) -> list[str]
             "exported directory holds only gptoss_tokenizer.json",
             stacklevel=3,
         )
-        return []
+        return
     (directory / "tokenizer_config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    return written + ["tokenizer_config.json"]
 
 
 def harmony_tokenizer_json(tokenizer) -> str:

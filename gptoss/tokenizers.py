@@ -9,7 +9,9 @@ Kinds:
 
 Special tokens written in the text (`<|endoftext|>`, and harmony's `<|start|>` etc.) are encoded as
 their special ids, not as plain text: these tokenizers feed our own models, and the chat format
-needs them. So `decode(encode(s)) == s` holds for every string, special tokens included.
+needs them. So `decode(encode(s)) == s` holds for every string, special tokens included (one
+exception: o200k_harmony names id 200018 twice, `<|endofprompt|>` and `<|reserved_200018|>`, and
+decodes it as the first).
 
 `save(dir)` writes `gptoss_tokenizer.json` (the kind and what is needed to rebuild it, plus
 `tokenizer.json` for `bpe`); `load_tokenizer(dir)` reads any of them back.

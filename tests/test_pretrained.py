@@ -468,6 +468,100 @@ def test_hybrid_config_has_no_hf_form(tmp_path):
         model.save_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "change", [dict(attention_sinks=True), dict(sliding_window=4), dict(num_kv_heads=2), dict(attention_bias=False)]
+)
+def test_gpt2_export_refuses_what_gpt2_cannot_express(tmp_path, change):
+    model = GPT(GPTConfig.preset("tiny", **change))
+    with pytest.raises(ValueError, match="only GPT-2 style configs"):
+        model.save_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("change", [dict(sliding_window=None), dict(swiglu_alpha=1.0), dict(rope_theta=500.0, rope_scaling=None)])
+def test_gpt_oss_variants_export_to_transformers(tmp_path, change):
+    """Fields the published models do not vary still reach transformers (a window-less model, alpha, theta)."""
+    values = dict(EXPORT_CONFIGS["gpt-oss"])
+    config = GPTConfig.preset(values.pop("preset"), vocab_size=VOCAB, **{**values, **change})
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    randomize_(model, 1)
+    model.save_pretrained(tmp_path)
+    assert_same_logits(model, load_hf(tmp_path), token_batch())
+    back = GPT.from_pretrained(tmp_path).config
+    assert {key: getattr(back, key) for key in change} == change
+
+
+def test_harmony_export_declares_the_turn_end_as_eos(tokenizer_dir, tmp_path):
+    tokenizer = build_tokenizer("o200k_harmony", files_dir=tokenizer_dir)
+    GPT(GPTConfig.preset("gpt-oss-tiny", vocab_size=tokenizer.vocab_size, num_layers=1)).save_pretrained(tmp_path, tokenizer=tokenizer)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (199998, 200002, 199999)
+    assert AutoTokenizer.from_pretrained(tmp_path).eos_token == "<|return|>"
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (dict(scale_attn_by_inverse_layer_idx=True), "unsupported GPT-2 attention option"),
+        (dict(reorder_and_upcast_attn=True), "unsupported GPT-2 attention option"),
+    ],
+)
+def test_gpt2_attention_variants_are_refused(hf_gpt2, tmp_path, edit, match):
+    hf_gpt2.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | edit))
+    with pytest.raises(ValueError, match=match):
+        GPT.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda c: c.pop("num_hidden_layers"), r"lacks \['num_hidden_layers'\]"),
+        (lambda c: c.update(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}), "unsupported rope_type 'linear'"),
+    ],
+)
+def test_bad_gpt_oss_configs_are_clear_errors(hf_gpt_oss_dir, tmp_path, edit, match):
+    for file in hf_gpt_oss_dir.iterdir():
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    config = json.loads((tmp_path / "config.json").read_text())
+    edit(config)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=match):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_index_with_a_bad_weight_map(hf_gpt2, tmp_path):
+    hf_gpt2.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["model.safetensors"]}))
+    with pytest.raises(ValueError, match="'weight_map' must map tensor names to shard file names"):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_own_checkpoint_with_truncated_weights(tmp_path):
+    from gptoss.checkpoint import load_model, save_model
+
+    save_model(GPT(GPTConfig.preset("tiny")), tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_model(tmp_path / "ckpt")
+
+
+def test_presets_do_not_share_mutable_fields():
+    first = GPTConfig.preset("gpt-oss-20b")
+    first.rope_scaling["factor"] = 2.0
+    assert GPTConfig.preset("gpt-oss-120b").rope_scaling["factor"] == 32.0
+
+
+@pytest.mark.parametrize(
+    "change", [dict(num_kv_heads=0), dict(head_dim=-4), dict(norm_eps=-1.0), dict(rope_theta=0.0)]
+)
+def test_impossible_config_values_are_refused(change):
+    with pytest.raises(ValueError, match="GPTConfig"):
+        GPTConfig.preset("tiny", **change)
+
+
 def test_packed_buffers_have_the_checkpoint_shapes():
     # PackedExperts' buffer shapes are those of the checkpoints (E, out, in/32, 16)
     model = GPT(GPTConfig.preset("gpt-oss-tiny"), device="meta")
