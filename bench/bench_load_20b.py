@@ -54,7 +54,7 @@ def write_checkpoint(directory: Path, config: GPTConfig, seed: int = 0) -> int:
             return torch.from_numpy(np.frombuffer(rng.bytes(meta.numel()), dtype=np.uint8).reshape(meta.shape).copy())
         if name.endswith("_scales"):  # 2^-8 .. 2^-5: weights of the size trained ones have
             return torch.from_numpy(rng.integers(119, 123, size=meta.shape, dtype=np.uint8))
-        if name.endswith(("norm.weight", "layernorm.weight")):
+        if name.endswith("norm.weight"):
             return torch.ones(meta.shape, dtype=torch.bfloat16)
         return (torch.randn(meta.shape, generator=generator) * 0.02).to(torch.bfloat16)
 

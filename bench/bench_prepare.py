@@ -3,7 +3,8 @@
     python bench/bench_prepare.py [--megabytes 300] [--tokenizer bpe|gpt2|...] [--keep DIR]
 
 The corpus is real text repeated: Tiny Shakespeare and the Python standard library, alternating,
-up to --megabytes. Each stage runs in its own process, which reports its peak RSS (ru_maxrss):
+up to --megabytes. Each stage runs in its own process, which reports its own peak RSS (VmHWM, in MB;
+not ru_maxrss, which on Linux carries the parent's peak across exec):
 1. prepare: tokenize the corpus into train.bin / val.bin (a bpe tokenizer is trained on
    Shakespeare first; tiktoken kinds are used as they are);
 2. prepare again: the cache hit, which only hashes the text;
@@ -23,19 +24,21 @@ import tempfile
 import time
 from pathlib import Path
 
+# the stage's own peak resident memory, in MB (10^6 bytes)
+PEAK_RSS = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM:')).split()[1]) * 1024 / 1e6"
+
 PREPARE_STAGE = """
-import json, resource, sys, time
+import json, sys, time
 from gptoss.data import prepare
 from gptoss.tokenizers import load_tokenizer
 corpus, tokenizer_dir, out = sys.argv[1:4]
 start = time.perf_counter()
 dataset = prepare(corpus, load_tokenizer(tokenizer_dir), out, progress=False)
-print(json.dumps({"seconds": time.perf_counter() - start, "meta": dataset.meta,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+print(json.dumps({"seconds": time.perf_counter() - start, "meta": dataset.meta, "peak_rss_mb": PEAK_RSS}))
+""".replace("PEAK_RSS", PEAK_RSS)
 
 TRAIN_STAGE = """
-import json, resource, sys, time
+import json, sys, time
 import torch
 from gptoss.config import GPTConfig
 from gptoss.data import TokenDataset, random_batch
@@ -56,8 +59,8 @@ for _ in range(steps):
     losses.append(loss.item())
 print(json.dumps({"seconds_per_step": (time.perf_counter() - start) / steps, "first_loss": losses[0],
                   "last_loss": losses[-1], "train_tokens": len(dataset.train), "memmap": type(dataset.train).__name__,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+                  "peak_rss_mb": PEAK_RSS}))
+""".replace("PEAK_RSS", PEAK_RSS)
 
 
 def run_stage(code: str, *args: str) -> dict:
@@ -77,6 +80,7 @@ def write_repeated_corpus(path: Path, megabytes: int) -> int:
     with open(path, "wb") as file:
         while written < megabytes * 1_000_000:
             piece = pieces[index % 2][: megabytes * 1_000_000 - written]
+            piece = piece.decode("utf-8", errors="ignore").encode()  # a cut inside a character drops it
             file.write(piece)
             written += len(piece)
             index += 1

@@ -1,6 +1,6 @@
 """Training speed: our GPT against transformers' GPT2LMHeadModel, same config, weights, data, optimizer.
 
-    flock /tmp/gptoss-cpu.lock .venv/bin/python bench/bench_train.py [--configs char gpt2-small] [--rounds 4]
+    flock /tmp/gptoss-cpu.lock .venv/bin/python bench/bench_train.py [--configs char gpt2-small] [--rounds 6]
 
 Both models are built from one GPTConfig (the HF one through gptoss.hf, with our initial weights
 copied in, so their first losses agree) and trained by the same step: forward, cross-entropy,
@@ -11,7 +11,8 @@ The machine is shared and noisy, so the two models alternate: each round times a
 then of the other (the order flips every round); the table gives the median step of each.
 Model FLOPs utilisation counts 6 FLOPs per weight-matrix parameter per token (forward + backward,
 the unembedding included) plus 12 * layers * d_model * seq_len for attention scores and values
-(causal masking not discounted), against the machine's measured matmul peak (MACHINE.md).
+(causal masking not discounted), against this development machine's measured matmul peaks
+(../shared/docs/MACHINE.md: PEAK_GFLOPS below, fixed; on another machine, edit them).
 """
 
 from __future__ import annotations

@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"unigram entropy of the training tokens (a context-blind model's loss): {unigram_entropy(list(train_tokens)):.4f}")
 
-    config = GPTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size, max_seq_len=max(args.seq_len, 256), dropout=0.0)
+    context = max(args.seq_len, 256)
+    if GPTConfig.preset(args.preset).position == "rope":  # no position table: make room for the whole sample
+        context = max(context, 1 + args.sample_tokens)
+    config = GPTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size, max_seq_len=context, dropout=0.0)
     model = GPT(config)
     print(f"model {args.preset}: {model.num_parameters():,} parameters")
     started = time.perf_counter()

@@ -120,3 +120,12 @@ def test_train_py_shakespeare_bpe_reloads_with_its_tokenizer(tmp_path, shakespea
     model, tokenizer = load_model(tmp_path / "run")
     assert tokenizer.kind == "bpe" and tokenizer.vocab_size == 512
     assert sample(model, tokenizer, shakespeare_text[:1], 40, seed=5) == printed
+
+
+def test_train_py_with_a_rotary_preset_samples_past_256_tokens(tmp_path, capsys):
+    """A rotary model's context grows to hold the whole sample (it has no position table to crop)."""
+    from gptoss.demo import main as demo_main
+
+    demo_main(["--dataset", "shakespeare", "--max-chars", "20000", "--preset", "gpt-oss-tiny", "--epochs", "1",
+               "--seq-len", "32", "--sample-tokens", "300", "--out", str(tmp_path / "run")])  # fmt: skip
+    assert len(capsys.readouterr().out.split("--- sample ---\n", 1)[1]) > 300
