@@ -9,13 +9,17 @@ schedule is constant after warmup, so extending max_steps does not change earlie
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
 from gptoss.cli import main
-from test_trainer import REPO_ROOT, corpus, data_dir, metrics, tiny_config, write_toml  # noqa: F401 (fixtures)
+from gptoss.trainer import checkpoint_dirs, read_trainer_state
+from test_trainer import (  # noqa: F401 (fixtures)
+    REPO_ROOT, corpus, data_dir, metrics, tiny_config, wait_for_metrics_row, write_toml,
+)
 
 
 def torchrun(*args: str) -> str:
@@ -56,3 +60,29 @@ def test_ddp_and_fsdp_match_one_process_and_resume(corpus, data_dir, tmp_path): 
             assert losses(tmp_path / run_dir, column, steps) == pytest.approx(expected, abs=1e-5), (run_dir, column)
         expected = losses(tmp_path / "single", "val_loss", range(steps[-1], steps[-1] + 1))
         assert losses(tmp_path / run_dir, "val_loss", range(steps[-1], steps[-1] + 1)) == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_signal_to_one_process_stops_them_all_at_one_step(corpus, data_dir, tmp_path):  # noqa: F811
+    """SIGTERM reaching only rank 1 (as when signals land at slightly different moments): every
+    process stops after the same update, rank 0 saves one checkpoint, the job exits cleanly."""
+    config = tiny_config(corpus, data_dir, tmp_path / "run", max_steps=10_000, checkpoint_every=0, eval_every=0)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "gptoss", "train", "--config", str(write_toml(tmp_path / "run.toml", config))]  # fmt: skip
+    job = subprocess.Popen(command, cwd=REPO_ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"},
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        wait_for_metrics_row(job, tmp_path / "run", past_step=2)
+        workers = []  # torchrun's worker processes, in rank order (their RANK environment variable)
+        for child in open(f"/proc/{job.pid}/task/{job.pid}/children").read().split():
+            environment = dict(v.split("=", 1) for v in open(f"/proc/{child}/environ").read().split("\0") if "=" in v)
+            if "RANK" in environment:
+                workers.append((int(environment["RANK"]), int(child)))
+        assert sorted(rank for rank, _ in workers) == [0, 1]
+        os.kill(dict(workers)[1], signal.SIGTERM)
+        output, _ = job.communicate(timeout=120)
+    finally:
+        job.kill()
+    assert job.returncode == 0, output
+    assert "a stop signal (in another process): saved" in output
+    (checkpoint,) = checkpoint_dirs(tmp_path / "run")
+    assert read_trainer_state(checkpoint)["step"] > 2
