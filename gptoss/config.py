@@ -143,7 +143,6 @@ class GPTConfig:
         return cls(**values)
 
 
-
 def yarn_concentration(factor: float) -> float:
     """YaRN's attention temperature correction, multiplied into cos and sin: 0.1 ln(factor) + 1."""
     return 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0

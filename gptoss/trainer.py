@@ -548,11 +548,11 @@ class Trainer:
         self.run_dir = Path(config.run_dir)
         self.checkpoint = find_checkpoint(resume) if resume is not None else None
         # a run folder holds one run: a fresh run, or one resumed from another folder, goes elsewhere
-        own_checkpoints = self.run_dir / CHECKPOINTS_DIR
-        resuming_here = self.checkpoint is not None and self.checkpoint.resolve().parent == own_checkpoints.resolve()
-        if checkpoint_dirs(self.run_dir) and not resuming_here:
+        existing = checkpoint_dirs(self.run_dir)
+        resuming_here = self.checkpoint is not None and self.checkpoint.resolve().parent == (self.run_dir / CHECKPOINTS_DIR).resolve()
+        if existing and not resuming_here:
             raise ValueError(
-                f"{self.run_dir} already holds checkpoints of a run (latest: {checkpoint_dirs(self.run_dir)[-1].name}): "
+                f"{self.run_dir} already holds checkpoints of a run (latest: {existing[-1].name}): "
                 f"continue it with `gptoss train --resume {self.run_dir}`, or choose another run_dir"
             )
         self.state = read_trainer_state(self.checkpoint) if self.checkpoint else None
