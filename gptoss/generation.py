@@ -157,11 +157,12 @@ def make_generator(seed: int | None, generator: torch.Generator | None, device) 
 
 
 def left_pad(model, prompts: Sequence[Sequence[int]] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Batch prompts of different lengths: ids (B, T) left-padded with 0, and a (B, T) bool mask
-    (False = padding), or None when no prompt is padded."""
+    """Batch prompts of different lengths: ids (B, T) left-padded with 0, on the model's device, and
+    a (B, T) bool mask (False = padding), or None when no prompt is padded."""
+    device = model.lm_head.weight.device
     if isinstance(prompts, torch.Tensor):
         model.check_input(prompts)  # also refuses an empty prompt
-        return prompts, None
+        return prompts.to(device), None  # a CPU prompt for a model trained on the GPU, say
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not all(
         isinstance(p, Sequence) and not isinstance(p, (str, bytes)) for p in prompts
     ):
@@ -172,7 +173,6 @@ def left_pad(model, prompts: Sequence[Sequence[int]] | torch.Tensor) -> tuple[to
         if len(prompt) == 0:
             raise ValueError(f"prompt {i} is empty: give at least one token id to start from")
     width = max(len(p) for p in prompts)
-    device = model.lm_head.weight.device
     ids = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long, device=device)
     model.check_input(ids)
     if all(len(p) == width for p in prompts):

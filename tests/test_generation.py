@@ -223,7 +223,8 @@ def test_greedy_tokens_equal_transformers_gpt2(penalty, pack_every_linear):
     assert torch.equal(generate(prepare_for_inference(model), prompt, 40, temperature=0, repetition_penalty=penalty), expected)
 
 
-def test_greedy_tokens_equal_transformers_gpt_oss():
+def hf_gpt_oss_and_ours() -> tuple[GptOssForCausalLM, GPT]:
+    """transformers' GptOssForCausalLM with random weights (sinks included), and ours with the same."""
     config = CONFIGS["gpt-oss"]
     hf_config = GptOssConfig(**{k: v for k, v in config_to_hf_gpt_oss(config).items() if k not in ("model_type", "architectures")})
     torch.manual_seed(8)
@@ -233,6 +234,11 @@ def test_greedy_tokens_equal_transformers_gpt_oss():
             p.normal_(0, 0.5 if "sinks" in name else 0.1)
     model = GPT(config).eval()
     model.load_state_dict(gpt_oss_state_from_hf(hf.state_dict(), config))
+    return hf, model
+
+
+def test_greedy_tokens_equal_transformers_gpt_oss():
+    hf, model = hf_gpt_oss_and_ours()
     prompt = torch.randint(0, 97, (1, 5), generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=30, do_sample=False, pad_token_id=0)
