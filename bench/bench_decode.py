@@ -193,6 +193,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", nargs=4, metavar=("IMPL", "DIR", "BATCH", "DTYPE"), help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="+", default=["gpt2-small", "gpt-oss-tiny"], help="presets to measure")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes to measure (default: 1 8)")
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES), help="default: both")
     parser.add_argument("--prompt-length", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="timings per process; the best is kept (default: 3)")
@@ -218,7 +220,7 @@ def main() -> None:
             directory = Path(tmp) / preset
             write_checkpoint(preset, directory)
             for name, batch, dtype in CONFIGS:
-                if name != preset:
+                if name != preset or batch not in args.batches or dtype not in args.dtypes:
                     continue
                 best = {"ours": None, "hf": None}
                 for _ in range(args.rounds):

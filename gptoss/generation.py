@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gptoss.devices import DEVICE_HELP, resolve_device
 from gptoss.sampling import SamplingOptions, sample_next
 
 REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder shows for the first bytes of an unfinished character
@@ -486,6 +487,7 @@ def add_model_arguments(parser) -> None:
                         "else gpt2 for GPT-2 models and o200k_harmony for gpt-oss ones")
     parser.add_argument("--tokenizer-files", metavar="DIR", help="folder with OpenAI's tokenizer files, for offline gpt2 / o200k_harmony")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="compute in this dtype (default: as stored; presets: float32)")
+    parser.add_argument("--device", default="auto", help=f"where the model runs: {DEVICE_HELP} (default: auto)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per core)")
 
 
@@ -525,6 +527,7 @@ def load_model_and_tokenizer(args):
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype] if args.dtype else None
+    device = resolve_device(args.device)
 
     def named_tokenizer(name: str):
         if name in TIKTOKEN_KINDS:
@@ -536,9 +539,9 @@ def load_model_and_tokenizer(args):
     if args.preset:
         tokenizer = named_tokenizer(args.tokenizer or ("gpt2" if GPTConfig.preset(args.preset).position == "learned" else "o200k_harmony"))
         torch.manual_seed(args.seed or 0)
-        model = GPT(GPTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size, dropout=0.0))
+        model = GPT(GPTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size, dropout=0.0)).to(device)
     else:
-        model = GPT.from_pretrained(args.checkpoint, dtype=dtype)
+        model = GPT.from_pretrained(args.checkpoint, dtype=dtype, device=device)
         tokenizer = named_tokenizer(args.tokenizer) if args.tokenizer else load_checkpoint_tokenizer(args.checkpoint)
         if tokenizer is None:
             guess = {50257: "gpt2", 201088: "o200k_harmony"}.get(model.config.vocab_size)
@@ -605,10 +608,12 @@ def _run_generate(args) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    device = model.lm_head.weight.device
+    where = f"cpu, {torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
     print(
         f"[{stats.prompt_tokens} prompt tokens at {stats.prefill_tokens_per_second:.1f} tokens/s, "
         f"{stats.new_tokens} new tokens, decoding at {stats.decode_tokens_per_second:.1f} tokens/s; "
-        f"{model.lm_head.weight.dtype}, {torch.get_num_threads()} threads]",
+        f"{model.lm_head.weight.dtype}, {where}]",
         file=sys.stderr,
     )
     return 0

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import signal
 import tempfile
@@ -52,6 +51,7 @@ from gptoss.checkpoint import CONFIG_FILE as CHECKPOINT_CONFIG_FILE
 from gptoss.checkpoint import load_model, save_model
 from gptoss.config import PRESETS, GPTConfig
 from gptoss.data import TokenDataset, default_prepared_dir, prepare, random_batch
+from gptoss.devices import DEVICE_HELP, check_device_name, resolve_device
 from gptoss.files import write_file_atomically, write_text_atomically
 from gptoss.model import GPT
 from gptoss.sampler import WindowSampler
@@ -131,7 +131,7 @@ class TrainConfig:
         0, "draw windows first from the easiest chunks of the text (unigram surprisal), growing to all of it over these updates; 0: off")
     difficulty_start_fraction: float = key(0.25, "fraction of the text (the easiest chunks) drawn from at the first update")
     # --- hardware
-    device: str = key("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    device: str = key("auto", DEVICE_HELP)
     precision: str = key("fp32", "fp32; bf16 (autocast, CPU or CUDA); fp16 (autocast and a grad scaler, CUDA)")
     compile: bool = key(False, "run the model through torch.compile")
     parallel: str = key("ddp", "under torchrun: ddp (a replica per process) or fsdp (FSDP2 shards the model)")
@@ -205,8 +205,7 @@ class TrainConfig:
         for name, allowed in (("precision", PRECISIONS), ("parallel", PARALLEL_MODES), ("tokenizer", TOKENIZER_KINDS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device_name(self.device)
         self.model_config()  # a bad preset or model override is reported now, not after data preparation
 
     # ------------------------------------------------------------------ derived objects
@@ -355,23 +354,6 @@ class Distributed:
             dist.barrier()
             dist.destroy_process_group()
             self.owns_group = False
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` is this process's CUDA device when present, else the CPU; `cuda` is this process's
-    CUDA device (cuda:LOCAL_RANK under torchrun)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and torch.cuda.is_available():
-        # under torchrun each process takes its own GPU (unless each sees only its own)
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        name = f"cuda:{local_rank if local_rank < torch.cuda.device_count() else 0}"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available: use device = \"cpu\" or \"auto\"")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # NCCL collectives run on the current device
-    return device
 
 
 # ---------------------------------------------------------------------------------------- RNG states

@@ -13,7 +13,9 @@ import math
 
 import pytest
 import torch
-from test_generation import CONFIGS, greedy_without_cache, hf_gpt_oss_and_ours, random_model
+from test_generation import (  # noqa: F401 (fixtures)
+    CONFIGS, char_checkpoint, char_model_and_tokenizer, greedy_without_cache, hf_gpt_oss_and_ours, random_model,
+)
 from test_mxfp4 import CONFIG as PACKED_CONFIG
 from test_mxfp4 import packed_model
 from test_trainer import TINY_MODEL, corpus, data_dir, metrics, tiny_config  # noqa: F401 (fixtures)
@@ -74,6 +76,19 @@ def test_prepare_for_inference_leaves_cuda_layers_alone(models):
     _, gpu = models
     prepared = prepare_for_inference(copy.deepcopy(gpu))
     assert not any(isinstance(m, InferenceLinear) for m in prepared.modules())
+
+
+def test_generate_command_on_cuda(char_checkpoint, capsys):  # noqa: F811
+    """`gptoss generate --device cuda` loads the checkpoint onto the GPU and writes the CPU's text."""
+    from gptoss.cli import main
+
+    texts = {}
+    for device in ("cpu", "cuda"):
+        args = ["generate", "--checkpoint", str(char_checkpoint), "--prompt", "the ", "--greedy", "--max-new-tokens", "40"]
+        assert main(args + ["--device", device]) == 0
+        texts[device], err = capsys.readouterr()
+        assert ("cuda:0]" in err) == (device == "cuda")
+    assert texts["cuda"] == texts["cpu"] and len(texts["cpu"]) == len("the ") + 40 + 1
 
 
 def test_greedy_tokens_equal_transformers_gpt_oss_on_cuda():

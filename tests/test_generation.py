@@ -519,6 +519,8 @@ def test_generate_command_streams_the_continuation(char_checkpoint, char_model_a
         (["--prompt", "the ~"], "not in this char tokenizer's vocabulary"),
         (["--prompt", "the", "--max-new-tokens", "-1"], "max_new_tokens must be >= 0"),
         (["--prompt-file", "/nonexistent/prompt.txt"], "No such file"),
+        (["--prompt", "the", "--device", "gpu"], "device must be auto, cpu, cuda or cuda:N"),
+        (["--prompt", "the", "--device", "cuda:99"], "device 'cuda:99'"),  # no CUDA, or no 100th GPU
     ],
 )
 def test_generate_command_bad_input(char_checkpoint, capsys, extra, message):
