@@ -1,6 +1,6 @@
 """The CUDA paths: the same logits, cache and tokens as on the CPU; training in fp32, bf16 and fp16
 (autocast and the grad scaler), compiled, checkpointed and resumed; the seed's train_model; MXFP4
-experts; transformers' gpt-oss as the oracle on the GPU.
+experts; `gptoss generate --device cuda`; transformers' gpt-oss as the oracle on the GPU.
 
 Skipped where no GPU is present (CI has none); run on a GPU machine with
 `python -m pytest tests/test_cuda.py`.
