@@ -230,7 +230,7 @@ def _verified(path: Path, sha256: str) -> Path:
     if digest.hexdigest() != sha256:
         raise ChecksumError(
             f"{path} has sha256 {digest.hexdigest()}, expected {sha256}: it is damaged or a "
-            "different file; delete it (it will be downloaded again) or replace it with the right one"
+            "different file; replace it with the right one (or delete a downloaded copy to fetch it again)"
         )
     return path
 
@@ -284,7 +284,8 @@ def prepare(
     is by characters, like nanoGPT: the first 1 - val_fraction of the text is train. Memory stays
     bounded: the text is read and encoded in pieces of about `chunk_chars` characters, cut where
     the ids do not change (`tokenizers.next_safe_cut`), so they equal encoding the train and val
-    text each at once. Nothing is redone when `out_dir` already holds this text prepared with
+    text each at once (unless a stretch of 4 * chunk_chars characters has no safe cut at all, and
+    is cut anyway). Nothing is redone when `out_dir` already holds this text prepared with
     this tokenizer.
     """
     if not 0 <= val_fraction < 1:
@@ -292,7 +293,10 @@ def prepare(
     out_dir = Path(out_dir)
     source = _scan_source(corpus, max_chars)
     request = _tokenizer_request(tokenizer, vocab_size)
-    meta = _read_meta(out_dir)
+    try:
+        meta = _read_meta(out_dir)
+    except ValueError:
+        meta = None  # a damaged meta.json: prepare again, which rewrites it
     if meta is not None and _is_cached(meta, out_dir, source, val_fraction, request):
         if progress:
             print(f"{out_dir}: already prepared from this text with this tokenizer, reusing it")
@@ -318,6 +322,13 @@ def prepare(
                     ids.astype(dtype).tofile(files[part])
                     counts[part] = counts.get(part, 0) + len(ids)
                 bar.update(sum(len(text) for text in batch))
+            for file in files.values():  # on disk before meta.json says they are complete
+                file.flush()
+                os.fsync(file.fileno())
+        except BaseException:
+            for path in temporaries.values():
+                path.unlink(missing_ok=True)  # an error or Ctrl-C leaves no half-written files behind
+            raise
         finally:
             for file in files.values():
                 file.close()
@@ -366,7 +377,14 @@ def load_tokens(path: str | Path) -> np.ndarray:
     if meta is None:
         raise FileNotFoundError(f"{path.parent / META_FILE} is missing: {path} was not written by prepare")
     dtype = np.dtype(meta["dtype"])
-    if path.stat().st_size == 0:  # mmap cannot map an empty file
+    part = next((name for name, file in meta["files"].items() if file == path.name), None)
+    expected = meta[f"{part}_tokens"] * dtype.itemsize if part else path.stat().st_size
+    if path.stat().st_size != expected:
+        raise ValueError(
+            f"{path} holds {path.stat().st_size:,} bytes, but {META_FILE} says {expected:,}: the file is "
+            "truncated or was replaced; run prepare again"
+        )
+    if expected == 0:  # mmap cannot map an empty file
         return np.empty(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r")
 
@@ -406,11 +424,11 @@ def _tokenizer_request(tokenizer: Tokenizer | str, vocab_size: int) -> dict:
 
 def _is_cached(meta: dict, directory: Path, source: dict, val_fraction: float, request: dict) -> bool:
     """Whether `directory` already holds this text prepared with this tokenizer, complete."""
-    if meta.get("format") != META_FORMAT or meta["source_sha256"] != source["sha256"]:
+    if meta["format"] != META_FORMAT or meta.get("source_sha256") != source["sha256"]:
         return False
-    if meta["val_fraction"] != val_fraction:
+    if meta.get("val_fraction") != val_fraction:
         return False
-    if request not in (meta["tokenizer"]["request"], {"fingerprint": meta["tokenizer"]["fingerprint"]}):
+    if request not in (meta["tokenizer"].get("request"), {"fingerprint": meta["tokenizer"].get("fingerprint")}):
         return False
     itemsize = np.dtype(meta["dtype"]).itemsize
     for part in ("train", "val"):
@@ -421,8 +439,18 @@ def _is_cached(meta: dict, directory: Path, source: dict, val_fraction: float, r
 
 
 def _read_meta(directory: Path) -> dict | None:
+    """meta.json of a prepared folder, or None when there is none; ValueError when it is damaged."""
     path = directory / META_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        missing = {"format", "dtype", "files", "train_tokens", "val_tokens", "tokenizer"} - set(meta)
+    except (ValueError, TypeError) as error:
+        missing, meta = {f"valid JSON ({error})"}, None
+    if missing:
+        raise ValueError(f"{path} is damaged or not written by prepare (no {', '.join(sorted(missing))}); run prepare again")
+    return meta
 
 
 def _safe_pieces(texts: Iterator[str], chunk_chars: int, split_char: int | None = None) -> Iterator[str]:
@@ -481,7 +509,7 @@ def random_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`batch_size` windows at random starts: inputs x and targets y = x shifted by one, int64."""
     tokens = _as_array(tokens)
-    _check_length(tokens, seq_len)
+    _check_length(tokens, seq_len, batch_size)
     starts = torch.randint(len(tokens) - seq_len, (batch_size,), generator=generator).tolist()
     return _windows(tokens, starts, seq_len, device)
 
@@ -497,7 +525,7 @@ def epoch_batches(
     """One epoch: every non-overlapping window exactly once (in an order fixed by `seed` when
     shuffled), as (x, y) batches; the last batch may be smaller. Pass seed + epoch for new orders."""
     tokens = _as_array(tokens)
-    _check_length(tokens, seq_len)
+    _check_length(tokens, seq_len, batch_size)
     count = (len(tokens) - 1) // seq_len  # windows of seq_len + 1 tokens, overlapping by one
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(count)
     for first in range(0, count, batch_size):
@@ -511,7 +539,10 @@ def _as_array(tokens: np.ndarray | torch.Tensor | Sequence[int]) -> np.ndarray:
     return np.asarray(tokens)  # a memmap stays a view of the file: nothing is read yet
 
 
-def _check_length(tokens: np.ndarray, seq_len: int) -> None:
+def _check_length(tokens: np.ndarray, seq_len: int, batch_size: int) -> None:
+    for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if len(tokens) < seq_len + 1:
         raise ValueError(
             f"only {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1} needed for one "

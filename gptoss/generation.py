@@ -56,7 +56,7 @@ class InferenceLinear(nn.Linear):
     - anything else (several rows, or bf16): oneDNN's inner product on a copy of the weight packed
       once into oneDNN's preferred layout, which it reads on every core.
 
-    The costs: memory, the packed copy of each weight; and time, oneDNN's ~15 us more per call
+    The costs: memory, the packed copy of each weight; and time, oneDNN's ~12-15 us more per call
     than MKL's, which is why small weights are left alone (see MIN_PACKED_WEIGHT).
     """
 

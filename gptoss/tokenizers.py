@@ -9,7 +9,8 @@ Kinds:
 
 Special tokens written in the text (`<|endoftext|>`, and harmony's `<|start|>` etc.) are encoded as
 their special ids, not as plain text: these tokenizers feed our own models, and the chat format
-needs them. So `decode(encode(s)) == s` holds for every string, special tokens included (one
+needs them. So `decode(encode(s)) == s` holds for every string a tokenizer can encode (`char`
+refuses characters outside its vocabulary), special tokens included (one
 exception: o200k_harmony names id 200018 twice, `<|endofprompt|>` and `<|reserved_200018|>`, and
 decodes it as the first).
 
@@ -211,13 +212,13 @@ class BPETokenizer(Tokenizer):
         chunks = split_at_safe_cuts(text, ENCODE_PIECE_CHARS) if isinstance(text, str) else text
         seen_text = False
 
-        def non_empty_chunks():
+        def noting_any_text():
             nonlocal seen_text
             for chunk in chunks:
                 seen_text = seen_text or bool(chunk)
                 yield chunk
 
-        backend.train_from_iterator(non_empty_chunks(), trainer)
+        backend.train_from_iterator(noting_any_text(), trainer)
         if not seen_text:
             raise ValueError("cannot train a BPE tokenizer on an empty corpus")
         return cls(backend)

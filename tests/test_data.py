@@ -121,7 +121,7 @@ def test_downloaded_file_with_wrong_checksum_is_refused(offline, monkeypatch):
 def test_cached_file_with_wrong_checksum_is_refused(offline):
     offline.parent.mkdir(parents=True)
     offline.write_text("First Citizen:\ntruncated")
-    with pytest.raises(ChecksumError, match=r"input\.txt has sha256 .* delete it"):
+    with pytest.raises(ChecksumError, match=r"input\.txt has sha256 .* delete a downloaded copy"):
         load_corpus("shakespeare")
 
 
@@ -307,6 +307,29 @@ def test_load_tokens_needs_the_meta_file(tmp_path):
         TokenDataset.load(tmp_path)
 
 
+def test_damaged_prepared_files_are_clear_errors_and_prepare_redoes_them(tmp_path):
+    corpus, out = tmp_path / "corpus.txt", tmp_path / "out"
+    corpus.write_text(SAMPLE)
+    prepare(corpus, "char", out, progress=False)
+    train = (out / "train.bin").read_bytes()
+    (out / "train.bin").write_bytes(train[:-2])  # truncated: one token short
+    with pytest.raises(ValueError, match="train.bin holds .* bytes, but meta.json says .*run prepare again"):
+        TokenDataset.load(out)
+    (out / "meta.json").write_text('{"format": ')  # cut off mid-write
+    with pytest.raises(ValueError, match="meta.json is damaged or not written by prepare .*run prepare again"):
+        TokenDataset.load(out)
+    again = prepare(corpus, "char", out, progress=False)  # neither stops prepare: it starts over
+    assert (out / "train.bin").read_bytes() == train and len(again.train) == len(train) // 2
+
+
+def test_a_failed_prepare_leaves_no_temporary_files(tmp_path):
+    corpus, out = tmp_path / "corpus.txt", tmp_path / "out"
+    corpus.write_text(SAMPLE)
+    with pytest.raises(ValueError, match="not in this char tokenizer's vocabulary"):
+        prepare(corpus, CharTokenizer.from_text("abc"), out, progress=False)
+    assert list(out.iterdir()) == []
+
+
 def test_cli_prepare(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(SAMPLE)
@@ -382,6 +405,14 @@ def test_batches_from_a_memmap(tmp_path):
     dataset = prepare(corpus, "char", tmp_path / "out", progress=False)
     x, y = random_batch(dataset.train, 4, 32, torch.Generator().manual_seed(0))
     assert dataset.tokenizer.decode(x[0]) in SAMPLE
+
+
+@pytest.mark.parametrize("batch_size, seq_len, name", [(0, 4, "batch_size"), (2, 0, "seq_len"), (2, 2.5, "seq_len")])
+def test_batch_sizes_and_lengths_must_be_positive_integers(batch_size, seq_len, name):
+    with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+        random_batch(np.arange(16), batch_size, seq_len)
+    with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+        next(epoch_batches(np.arange(16), batch_size, seq_len))
 
 
 def test_too_few_tokens_is_a_clear_error():
