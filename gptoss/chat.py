@@ -20,6 +20,8 @@ import sys
 from collections.abc import Iterator
 from typing import TextIO
 
+import torch
+
 from gptoss.generation import (
     add_model_arguments,
     add_sampling_arguments,
@@ -196,7 +198,12 @@ def chat_loop(
                 continue
             history[:] = kept
             pieces = chat_format.reply(model, prompt, max_new_tokens, **options)
-            history.append(("assistant", write_reply(pieces, output_stream, show_analysis)))
+            answer = write_reply(pieces, output_stream, show_analysis)
+            if answer:
+                history.append(("assistant", answer))
+            else:  # e.g. all of max_new_tokens spent in the analysis channel: the question stays unanswered
+                del history[-1:]
+                output_stream.write(f"[no answer within {max_new_tokens} new tokens: ask again, or raise --max-new-tokens]\n")
 
 
 def register_cli(subparsers) -> None:
@@ -211,7 +218,7 @@ def register_cli(subparsers) -> None:
     add_model_arguments(parser)
     add_sampling_arguments(parser, max_new_tokens=f"{CHAT_MAX_NEW_TOKENS}, or half the model's context if that is less")
     parser.add_argument("--system", help="instructions for the model (harmony: a developer message)")
-    parser.add_argument("--reasoning-effort", default="medium", choices=["low", "medium", "high"], help="harmony only (default: medium)")
+    parser.add_argument("--reasoning-effort", choices=["low", "medium", "high"], help="harmony only (default: medium)")
     parser.add_argument("--show-analysis", action="store_true", help="also show the model's analysis channel (its reasoning)")
     parser.set_defaults(func=_run_chat)
 
@@ -219,7 +226,9 @@ def register_cli(subparsers) -> None:
 def _run_chat(args) -> int:
     try:
         model, tokenizer = load_model_and_tokenizer(args)
-        chat_format = chat_format_for(tokenizer, args.system, args.reasoning_effort)
+        chat_format = chat_format_for(tokenizer, args.system, args.reasoning_effort or "medium")
+        if isinstance(chat_format, PlainFormat) and (args.show_analysis or args.reasoning_effort):
+            raise ValueError("--show-analysis and --reasoning-effort apply to gpt-oss (harmony) chats only")
         options = sampling_arguments(args)
         if args.max_new_tokens is None:
             args.max_new_tokens = min(CHAT_MAX_NEW_TOKENS, model.config.max_seq_len // 2)
@@ -229,7 +238,9 @@ def _run_chat(args) -> int:
                 f"context of {model.config.max_seq_len} tokens; ask for fewer"
             )
         check_generation_options(model, args.max_new_tokens, **options)  # before the first message
-    except (ValueError, TypeError, FileNotFoundError) as error:
+        if options["seed"] is not None:  # one random stream for the whole conversation, not one per reply
+            options["generator"] = torch.Generator(model.lm_head.weight.device).manual_seed(options.pop("seed"))
+    except (ValueError, TypeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     chat_loop(model, chat_format, args.max_new_tokens, sys.stdin, sys.stdout, args.show_analysis, **options)

@@ -318,6 +318,8 @@ class StopStringWatcher:
         self.tokens.append(token)
         text = self.tokenizer.decode(self.tokens)
         safe, self.stopped = scan_for_stop(text, self.stop_strings)
+        while safe > 0 and text[safe - 1] == REPLACEMENT_CHARACTER and not self.stopped:
+            safe -= 1  # an unfinished character: its next bytes may begin a stop string
         safe_text = text[:safe]
         start = self.released
         while self.released < len(self.tokens) and safe_text.startswith(
@@ -398,13 +400,14 @@ def stream(
     watchers = [StopStringWatcher(tokenizer, stop_strings) if stop_strings else None for _ in range(B)]
     finished = [False] * B
     stats = stats if stats is not None else GenerationStats()
-    stats.prompt_tokens = int(real[:, :T].sum()) if real is not None else B * T
+    stats.__init__(prompt_tokens=int(real[:, :T].sum()) if real is not None else B * T)  # a reused one starts over
     steps = _token_steps(model, ids, real, T, options, generator)
     while True:
         started = time.perf_counter()
         tokens = next(steps, None)
         if tokens is None:
             break
+        tokens = tokens.tolist()  # on a GPU, this waits for the step's kernels: part of its time
         if stats.new_tokens == 0:
             stats.prefill_seconds = time.perf_counter() - started
         else:
@@ -412,7 +415,7 @@ def stream(
             stats.decode_tokens += B
         stats.new_tokens += B
         step: list[list[int]] = [[] for _ in range(B)]
-        for row, token in enumerate(tokens.tolist()):
+        for row, token in enumerate(tokens):
             if finished[row]:
                 continue
             watcher = watchers[row]
@@ -541,6 +544,8 @@ def load_model_and_tokenizer(args):
         tokenizer = named_tokenizer(args.tokenizer or ("gpt2" if GPTConfig.preset(args.preset).position == "learned" else "o200k_harmony"))
         torch.manual_seed(args.seed or 0)
         model = GPT(GPTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size, dropout=0.0)).to(device)
+        if args.seed is None:
+            torch.seed()  # fixed weights, but sampling without --seed stays random
     else:
         model = GPT.from_pretrained(args.checkpoint, dtype=dtype, device=device)
         tokenizer = named_tokenizer(args.tokenizer) if args.tokenizer else load_checkpoint_tokenizer(args.checkpoint)
@@ -581,7 +586,7 @@ def register_cli(subparsers) -> None:
     add_sampling_arguments(parser, max_new_tokens=200)
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end the text before TEXT (repeatable)")
     parser.add_argument("--stop-token-id", action="append", type=int, default=[], metavar="ID", help="end at token ID (repeatable)")
-    parser.add_argument("--ignore-eot", action="store_true", help="do not stop at the tokenizer's end-of-text token")
+    parser.add_argument("--ignore-eot", action="store_true", help="do not stop at the tokenizer's end-of-text token (nor at gpt-oss's <|return|>, <|call|>)")
     parser.set_defaults(func=_run_generate)
 
 
@@ -592,29 +597,35 @@ def _run_generate(args) -> int:
         stop_ids = list(args.stop_token_id)
         if tokenizer.eot_id is not None and not args.ignore_eot:
             stop_ids.append(tokenizer.eot_id)
+            if tokenizer.kind == "o200k_harmony":  # gpt-oss ends a message with <|return|> or <|call|>
+                stop_ids += tokenizer.encode("<|return|><|call|>")
         stats = GenerationStats()
         pieces = stream_text(
             model, tokenizer, text, args.max_new_tokens, stop_strings=args.stop, stop_token_ids=stop_ids,
             stats=stats, **sampling_arguments(args),
         )
         first = next(pieces, "")  # bad options raise here, before any output
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.preset:
         print(f"(random weights: preset {args.preset}; the text is noise)", file=sys.stderr)
     sys.stdout.write(text + first)
     sys.stdout.flush()
-    for piece in pieces:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    try:
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except ValueError as error:  # an id the tokenizer lacks: a model whose vocabulary is padded beyond it
+        print(f"\nerror: the model produced a token its tokenizer cannot decode ({error})", file=sys.stderr)
+        return 1
     sys.stdout.write("\n")
     device = model.lm_head.weight.device
     where = f"cpu, {torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
+    decoding = f"{stats.decode_tokens_per_second:.1f} tokens/s" if stats.decode_tokens else "n/a (one step)"
     print(
         f"[{stats.prompt_tokens} prompt tokens at {stats.prefill_tokens_per_second:.1f} tokens/s, "
-        f"{stats.new_tokens} new tokens, decoding at {stats.decode_tokens_per_second:.1f} tokens/s; "
-        f"{model.lm_head.weight.dtype}, {where}]",
+        f"{stats.new_tokens} new tokens sampled, decoding at {decoding}; {model.lm_head.weight.dtype}, {where}]",
         file=sys.stderr,
     )
     return 0

@@ -322,6 +322,26 @@ def test_stop_string_inside_a_multi_character_token(tokenizer_dir):
     assert stop not in tokenizer.decode(stopped)
 
 
+def test_no_token_is_released_while_its_character_is_unfinished(tokenizer_dir):
+    """'a🙂b' in GPT-2 BPE: 🙂's first byte is a token of its own, decoded as U+FFFD; with the stop
+    string '🙂' that token must be held back, as it is the start of the stop string."""
+    from gptoss.generation import StopStringWatcher
+
+    tokenizer = build_tokenizer("gpt2", files_dir=tokenizer_dir)
+    ids = tokenizer.encode("a🙂b")  # [64, 8582, 25081, 65]
+    watcher = StopStringWatcher(tokenizer, ["🙂"])
+    assert [watcher.push(token) for token in ids[:3]] == [[ids[0]], [], []] and watcher.stopped
+
+
+def test_generation_stats_of_a_reused_object_start_over(model):
+    from gptoss.generation import GenerationStats
+
+    stats = GenerationStats()
+    for _ in range(2):
+        generate_batch(model, [[1, 2, 3]], 5, temperature=0, stats=stats)
+        assert (stats.prompt_tokens, stats.new_tokens, stats.decode_tokens) == (3, 5, 4)
+
+
 # ------------------------------------------------------------------------------ bad input
 @pytest.fixture(scope="module")
 def gpt_oss_model():
@@ -455,6 +475,23 @@ def test_harmony_chat_shows_the_final_channel_and_keeps_history(harmony, show_an
     assert "The user greets." not in second_prompt  # earlier analysis is not carried over
 
 
+def test_harmony_reply_without_a_final_answer_says_so_and_is_not_kept(harmony):
+    """All of max_new_tokens spent in the analysis channel: a note, and the question is dropped."""
+    import io
+
+    from gptoss.chat import chat_loop
+
+    thinking = harmony_completion(harmony, "Let me think about this at great length " * 4, "")[:20]
+    script = thinking + harmony_completion(harmony, "Easy.", "Hello!")
+    config = GPTConfig.preset("gpt-oss-tiny", vocab_size=201088, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1,
+                              head_dim=8, d_ff=8, num_experts=2, experts_per_token=1)
+    model = ScriptedModel(config, script).eval()
+    output = io.StringIO()
+    history = chat_loop(model, harmony, 20, io.StringIO("Hard question\nHi\n"), output, temperature=0)
+    assert "[no answer within 20 new tokens" in output.getvalue()
+    assert history == [("user", "Hi"), ("assistant", "Hello!")]
+
+
 def test_plain_chat_stops_at_the_next_user_line():
     import io
 
@@ -506,6 +543,8 @@ def test_generate_command_streams_the_continuation(char_checkpoint, char_model_a
     expected = "".join(stream_text(fast, tokenizer, "the ", 30, temperature=0.8, top_k=10, seed=3, stop_strings=["xq"]))
     assert out == "the " + expected + "\n"
     assert "prompt tokens at" in err and "decoding at" in err and "tokens/s" in err
+    assert main(args[:-1] + ["1", "--greedy"]) == 0  # one new token: no decoding step to time
+    assert "decoding at n/a (one step)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -532,7 +571,10 @@ def test_generate_command_bad_input(char_checkpoint, capsys, extra, message):
 
 @pytest.mark.parametrize(
     "extra, message",
-    [(["--temperature", "-1"], "temperature"), (["--top-p", "2"], "top_p"), (["--max-new-tokens", "128"], "leaves no room")],
+    [
+        (["--temperature", "-1"], "temperature"), (["--top-p", "2"], "top_p"), (["--max-new-tokens", "128"], "leaves no room"),
+        (["--show-analysis"], "apply to gpt-oss (harmony) chats only"), (["--reasoning-effort", "high"], "harmony"),
+    ],
 )
 def test_chat_command_checks_its_options_before_the_first_message(char_checkpoint, char_model_and_tokenizer, capsys, monkeypatch, extra, message):
     import io
