@@ -102,8 +102,8 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.sliding_window_pattern not in ("even", "all"):
             raise ValueError(f"GPTConfig.sliding_window_pattern must be 'even' or 'all', got {self.sliding_window_pattern!r}")
-        if self.sliding_window is not None and self.sliding_window < 1:
-            raise ValueError(f"GPTConfig.sliding_window must be None or >= 1, got {self.sliding_window!r}")
+        if self.sliding_window is not None and (type(self.sliding_window) is not int or self.sliding_window < 1):
+            raise ValueError(f"GPTConfig.sliding_window must be None or an int >= 1, got {self.sliding_window!r}")
         if self.position == "rope" and self.head_size % 2:
             raise ValueError(f"rotary embeddings need an even head size, got {self.head_size}")
         if self.rope_scaling is not None:
@@ -112,6 +112,12 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.rope_scaling lacks {sorted(missing)}")
             if not self.rope_scaling["factor"] >= 1:
                 raise ValueError(f"GPTConfig.rope_scaling factor must be >= 1 (YaRN stretches the context), got {self.rope_scaling['factor']!r}")
+            fast, slow = self.rope_scaling["beta_fast"], self.rope_scaling["beta_slow"]
+            if not fast > slow > 0:
+                raise ValueError(f"GPTConfig.rope_scaling needs beta_fast > beta_slow > 0 (rotations per context), got {fast!r} and {slow!r}")
+            original = self.rope_scaling["original_max_seq_len"]
+            if type(original) is not int or original < 1:
+                raise ValueError(f"GPTConfig.rope_scaling original_max_seq_len must be an int >= 1, got {original!r}")
         if self.mlp == "moe" and not 1 <= self.experts_per_token <= self.num_experts:
             raise ValueError(
                 "a mixture of experts needs 1 <= experts_per_token <= num_experts, got "

@@ -287,9 +287,9 @@ class MixtureOfExperts(nn.Module):
         return out.view(B, T, D)
 
     def load_balancing_loss(self, router_logits: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """Switch-Transformer balance loss: E * sum_e (share of assignments to e) * (mean prob of e).
-
-        It is 1*k when routing is uniform and grows as a few experts take most tokens.
+        """Switch-Transformer balance loss: E * sum_e (fraction of tokens routed to e) * (mean
+        router probability of e). The fractions sum to k, so the loss is k when routing is uniform
+        and grows as a few experts take most tokens.
         """
         fraction = torch.tensor(counts, dtype=torch.float32, device=router_logits.device) / router_logits.shape[0]
         mean_prob = torch.softmax(router_logits.float(), dim=-1).mean(0)
@@ -347,9 +347,9 @@ class GPT(nn.Module):
                 nn.init.normal_(p, 0.0, residual_std)
             elif "ln_" in name and name.endswith("weight"):
                 nn.init.ones_(p)
-            elif p.dim() >= 2 or name.endswith("wte.weight"):
+            elif p.dim() >= 2 and not name.endswith("_bias"):
                 nn.init.normal_(p, 0.0, std)
-            else:  # biases and sinks
+            else:  # biases (the experts' stacked (E, n) ones too) and sinks
                 nn.init.zeros_(p)
 
     # ------------------------------------------------------------------ helpers
@@ -362,7 +362,7 @@ class GPT(nn.Module):
         if not isinstance(idx, torch.Tensor):
             raise TypeError(f"token ids must be a torch.Tensor of shape (batch, time), got {type(idx).__name__}")
         if idx.dtype not in (torch.long, torch.int32):
-            raise TypeError(f"token ids must be integers, torch.long (or torch.int32), got dtype {idx.dtype}")
+            raise TypeError(f"token ids must be torch.long or torch.int32, got dtype {idx.dtype}")
         if idx.dim() != 2:
             raise ValueError(f"token ids must have shape (batch, time), got shape {tuple(idx.shape)}")
         if idx.numel() == 0:
@@ -374,6 +374,20 @@ class GPT(nn.Module):
                 raise ValueError(
                     f"token id {bad} is outside [0, {self.config.vocab_size}): the tokenizer does not match "
                     "this model's vocab_size"
+                )
+
+    def check_targets(self, targets: torch.Tensor, shape) -> None:
+        """Raise a clear TypeError/ValueError unless targets are (B, T) integer ids or -1 (ignored)."""
+        if not isinstance(targets, torch.Tensor) or targets.dtype not in (torch.long, torch.int32):
+            raise TypeError("targets must be a torch.long (or torch.int32) tensor of next-token ids")
+        if tuple(targets.shape) != tuple(shape):
+            raise ValueError(f"targets must have the logits' shape {tuple(shape)} (batch, kept positions), got {tuple(targets.shape)}")
+        if targets.device.type != "meta" and targets.numel():
+            low, high = int(targets.min()), int(targets.max())
+            if low < -1 or high >= self.config.vocab_size:
+                raise ValueError(
+                    f"target id {low if low < -1 else high} is outside [0, {self.config.vocab_size}); -1 marks a "
+                    "position to ignore (not -100 as in transformers)"
                 )
 
     # ------------------------------------------------------------------ forward
@@ -428,7 +442,8 @@ class GPT(nn.Module):
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T or logits_to_keep, vocab_size)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        self.check_targets(targets, logits.shape[:2])
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1).long(), ignore_index=-1)
         aux = self.aux_loss()
         if aux is not None:
             loss = loss + self.config.router_aux_loss_coef * aux
@@ -448,10 +463,12 @@ class GPT(nn.Module):
         return positions.masked_fill(real == 0, -1)
 
     def aux_loss(self) -> torch.Tensor | None:
-        """Sum over MoE layers of the load-balancing loss of the last training forward, if any."""
+        """Mean over MoE layers of the load-balancing loss of the last training forward, if any: k
+        when routing is uniform, the scale of transformers' loss (which pools the layers' router
+        statistics into one), so a checkpoint's router_aux_loss_coef means the same here."""
         if self.config.mlp != "moe" or not self.training or self.config.router_aux_loss_coef == 0:
             return None
-        return sum(block.mlp.aux_loss for block in self.transformer.h)
+        return sum(block.mlp.aux_loss for block in self.transformer.h) / len(self.transformer.h)
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
@@ -489,14 +506,16 @@ class GPT(nn.Module):
 
 
 def create_gpt_oss_20b(
-    vocab_size: int = 50257,
-    max_seq_len: int = 1024,
+    vocab_size: int | None = None,
+    max_seq_len: int | None = None,
     preset: str = "gpt2-small",
     device: torch.device | str | None = None,
     **overrides,
 ) -> GPT:
-    """The seed's model factory: by default the seed's configuration, GPT-2 small (124,439,808
-    parameters). `preset` picks another configuration (see GPTConfig.preset), keyword arguments
-    override its fields, and device="meta" builds it without allocating memory."""
-    config = GPTConfig.preset(preset, vocab_size=vocab_size, max_seq_len=max_seq_len, **overrides)
+    """The seed's model factory: by default the seed's configuration, GPT-2 small (vocab 50257,
+    context 1024: 124,439,808 parameters). `preset` picks another configuration (see
+    GPTConfig.preset), keyword arguments override its fields (vocab_size and max_seq_len: the
+    preset's own when not given), and device="meta" builds it without allocating memory."""
+    sizes = {k: v for k, v in (("vocab_size", vocab_size), ("max_seq_len", max_seq_len)) if v is not None}
+    config = GPTConfig.preset(preset, **sizes, **overrides)
     return GPT(config, device=device)

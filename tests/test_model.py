@@ -124,10 +124,22 @@ def test_ids_out_of_range(tiny_model):
 
 
 def test_non_integer_ids(tiny_model):
-    with pytest.raises(TypeError, match="integers"):
+    with pytest.raises(TypeError, match="torch.long or torch.int32"):
         tiny_model(torch.tensor([[1.0, 2.0]]))
     with pytest.raises(TypeError, match="torch.Tensor"):
         tiny_model([[1, 2]])
+
+
+def test_targets_are_checked_and_int32_works(tiny_model):
+    idx = torch.tensor([[1, 2, 3]])
+    _, loss = tiny_model(idx, idx.int())  # int32 targets, like int32 ids
+    torch.testing.assert_close(loss, tiny_model(idx, idx)[1])
+    with pytest.raises(ValueError, match="-1 marks a position to ignore .not -100"):
+        tiny_model(idx, torch.tensor([[1, -100, 3]]))
+    with pytest.raises(ValueError, match=r"targets must have the logits' shape \(1, 1\)"):
+        tiny_model(idx, idx, logits_to_keep=1)
+    with pytest.raises(TypeError, match="targets must be a torch.long"):
+        tiny_model(idx, idx.float())
 
 
 def test_sequence_longer_than_max_seq_len(tiny_model):
@@ -141,11 +153,31 @@ def test_d_model_not_divisible_by_heads():
 
 
 @pytest.mark.parametrize(
-    "field, value", [("vocab_size", 0), ("num_layers", -1), ("dropout", 1.5), ("norm", "batchnorm"), ("mlp", "relu")]
+    "field, value",
+    [("vocab_size", 0), ("num_layers", -1), ("dropout", 1.5), ("norm", "batchnorm"), ("mlp", "relu"), ("sliding_window", 8.0)],
 )
 def test_bad_config_values(field, value):
     with pytest.raises(ValueError, match=field):
         GPTConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [(dict(beta_fast=1, beta_slow=32), "beta_fast > beta_slow > 0"), (dict(beta_slow=0), "beta_fast > beta_slow > 0"),
+     (dict(original_max_seq_len=0), "original_max_seq_len")],
+)
+def test_bad_yarn_values(change, match):
+    scaling = dict(GPTConfig.preset("gpt-oss-20b").rope_scaling, **change)
+    with pytest.raises(ValueError, match=match):
+        GPTConfig.preset("gpt-oss-20b", rope_scaling=scaling)
+
+
+def test_every_bias_starts_at_zero_and_the_factory_keeps_a_preset_sizes():
+    model = GPT(GPTConfig.preset("gpt-oss-tiny", num_layers=1))
+    biases = {name: p for name, p in model.named_parameters() if name.endswith("bias") or "sinks" in name}
+    assert "transformer.h.0.mlp.experts.gate_up_proj_bias" in biases and all(not p.any() for p in biases.values())
+    config = create_gpt_oss_20b(preset="gpt-oss-20b", device="meta").config
+    assert (config.vocab_size, config.max_seq_len) == (201088, 131072)
 
 
 def test_unknown_preset():
