@@ -10,15 +10,19 @@ AutoModelForCausalLM.from_pretrained) and generates greedily from the same rando
 timed the same way: t(1) = generate 1 new token (the prompt's prefill, mostly), t(n) = generate n;
 prefill tok/s = batch * prompt / t(1) and decode tok/s = batch * (n - 1) / (t(n) - t(1)), each
 time the best of --repeats. Peak RSS is the process's own maximum resident memory (VmHWM),
-Python, torch and the libraries included. The implementations alternate, --rounds times, and the
-best of each is kept: the machine is shared and noisy, so compare ratios, not absolute figures.
+Python, torch and the libraries included. The implementations alternate, --rounds times, and for
+each the round with the best decode speed is kept (its prefill and peak RSS are that round's): the
+machine is shared and noisy, so compare ratios, not absolute figures. Both sides generate exactly
+--new-tokens tokens (transformers' end-of-text stop is switched off in its generation config).
 
 The bound: decoding one step reads every weight once (the embedding tables only a row; of the
-experts only those routed to), so tokens/s <= batch * read bandwidth / bytes of weights per step.
-The bandwidth is measured here as the speed of torch.sum over 512 MiB, before and after the
-generation runs, the higher kept (one reading can land on a busy moment) (KV-cache reads, small
-next to the weights at these lengths, are left out). "bound vs HF" is the most any implementation
-could beat Hugging Face by in that run: the bound over HF's measured speed.
+experts at most batch * experts_per_token of them) and the KV cache (at the mean length of the
+decode), so tokens/s <= batch * read bandwidth / bytes read per step. The bandwidth is measured
+here as the speed of torch.sum over 512 MiB, before and after the generation runs, the higher kept
+(one reading can land on a busy moment). A model whose weights fit in the caches (gpt-oss-tiny:
+2.5 MB, under this machine's 32 MiB L3) is not bound by memory: its bound is given as n/a.
+"bound vs HF" is the most any implementation could beat Hugging Face by in that run: the bound
+over HF's measured speed.
 """
 
 from __future__ import annotations
@@ -63,9 +67,14 @@ def write_checkpoint(preset: str, directory: Path) -> None:
     model.save_pretrained(directory)
 
 
-def weight_bytes_per_step(preset: str, batch: int, dtype: torch.dtype) -> int:
-    """Bytes of weights one decoding step reads: everything but the embedding tables (a row each;
-    a tied table is read whole as the unembedding), and of the experts only those routed to."""
+# below this many bytes read per step, the weights stay in the caches: no memory bound
+IN_CACHE_BYTES = 64 * 2**20
+
+
+def bytes_per_step(preset: str, batch: int, dtype: torch.dtype, context: float) -> int:
+    """Bytes one decoding step reads: every weight but the embedding tables (a row each; a tied
+    table is read whole as the unembedding), of the experts only those routed to (at most batch *
+    experts_per_token), and the KV cache of `context` tokens per sequence."""
     from gptoss.config import GPTConfig
     from gptoss.model import GPT
 
@@ -77,6 +86,7 @@ def weight_bytes_per_step(preset: str, batch: int, dtype: torch.dtype) -> int:
         if name == "transformer.wpe.weight" or (name == "transformer.wte.weight" and not config.tie_embeddings):
             continue
         count += p.numel() * (active_experts / config.num_experts if ".experts." in name else 1)
+    count += batch * context * 2 * config.num_layers * config.kv_heads * config.head_size  # keys and values
     return int(count * dtype.itemsize)
 
 
@@ -155,12 +165,12 @@ def worker(impl: str, directory: str, batch: int, dtype_name: str, prompt_length
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).eval()
+        model.generation_config.eos_token_id = None  # exactly n tokens, as ours, with no extra logits processor
         vocab = model.config.vocab_size
 
         def run(n):
             return model.generate(
-                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
-                do_sample=False, pad_token_id=0,
+                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, do_sample=False, pad_token_id=0
             )
 
     prompt = torch.randint(0, vocab, (batch, prompt_length), generator=torch.Generator().manual_seed(1))
@@ -200,6 +210,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timings per process; the best is kept (default: 3)")
     parser.add_argument("--rounds", type=int, default=2, help="processes per implementation and configuration (default: 2)")
     args = parser.parse_args()
+    if args.new_tokens < 2:
+        parser.error("--new-tokens must be >= 2: decode speed is timed over the tokens after the first")
+    if not any(p in args.models and b in args.batches and d in args.dtypes for p, b, d in CONFIGS):
+        parser.error(f"no measured configuration matches: choose among {CONFIGS}")
     if args.worker:
         impl, directory, batch, dtype = args.worker
         result = worker(impl, directory, int(batch), dtype, args.prompt_length, args.new_tokens, args.repeats)
@@ -228,7 +242,8 @@ def main() -> None:
                         result = run_worker(impl, directory, batch, dtype, args)
                         if best[impl] is None or result["decode"] > best[impl]["decode"]:
                             best[impl] = result
-                rows.append((preset, batch, dtype, best["ours"], best["hf"], weight_bytes_per_step(preset, batch, DTYPES[dtype])))
+                context = args.prompt_length + args.new_tokens / 2  # the cache's mean length while decoding
+                rows.append((preset, batch, dtype, best["ours"], best["hf"], bytes_per_step(preset, batch, DTYPES[dtype], context)))
                 print(f"  measured {preset} batch {batch} {dtype}", file=sys.stderr, flush=True)
 
     bandwidth = max(bandwidth, read_bandwidth())
@@ -236,12 +251,13 @@ def main() -> None:
     print("| model | batch | dtype | prefill tok/s | decode tok/s | peak RSS | HF prefill tok/s | HF decode tok/s "
           "| HF peak RSS | decode vs HF | bandwidth bound tok/s | bound vs HF | same tokens as HF |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for preset, batch, dtype, ours, hf, weight_bytes in rows:
-        bound = batch * bandwidth / weight_bytes
+    for preset, batch, dtype, ours, hf, step_bytes in rows:
+        bound = batch * bandwidth / step_bytes
+        bounds = f"{bound:,.0f} | {bound / hf['decode']:.2f}x" if step_bytes > IN_CACHE_BYTES else "n/a (in cache) | n/a"
         print(
             f"| {preset} | {batch} | {dtype} | {ours['prefill']:,.0f} | {ours['decode']:,.1f} | {ours['rss_mib']:,.0f} MiB "
             f"| {hf['prefill']:,.0f} | {hf['decode']:,.1f} | {hf['rss_mib']:,.0f} MiB | {ours['decode'] / hf['decode']:.2f}x "
-            f"| {bound:,.0f} | {bound / hf['decode']:.2f}x | {'yes' if ours['tokens'] == hf['tokens'] else 'no'} |"
+            f"| {bounds} | {'yes' if ours['tokens'] == hf['tokens'] else 'no'} |"
         )
 
 

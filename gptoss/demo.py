@@ -31,11 +31,12 @@ def unigram_entropy(tokens: list[int]) -> float:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", metavar="FILE", help="train on this UTF-8 text file instead of --dataset")
-    parser.add_argument("--dataset", default="pystdlib", help="corpus name (pystdlib, shakespeare) or path (default: pystdlib)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data", metavar="FILE", help="train on this UTF-8 text file instead of --dataset")
+    source.add_argument("--dataset", default="pystdlib", help="corpus name (pystdlib, shakespeare) or path (default: pystdlib)")
     parser.add_argument("--tokenizer", default="char", help="char, bpe, gpt2 or o200k_harmony (default: char)")
     parser.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size of a trained bpe tokenizer")
-    parser.add_argument("--max-chars", type=int, default=1_000_000, help="use only the first N characters of the corpus (default: 1,000,000)")
+    parser.add_argument("--max-chars", type=int, default=1_000_000, help="use only the first N characters of the corpus; 0: all (default: 1,000,000)")
     parser.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -44,14 +45,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--sample-tokens", type=int, default=300, help="length of the sample printed at the end")
     parser.add_argument("--out", default="out/demo", help="where the model and its tokenizer are saved")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("max_chars", "sample_tokens"):  # checked now, not after the training
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the demo (see the module doc)."""
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    text = load_corpus(args.data or args.dataset, max_chars=args.max_chars)
+    text = load_corpus(args.data or args.dataset, max_chars=args.max_chars or None)
     tokenizer = build_tokenizer(args.tokenizer, text=text, vocab_size=args.vocab_size)
     tokens = tokenizer.encode(text)
     train_tokens, val_tokens = split_train_val(tokens, val_fraction=0.1)
@@ -84,6 +89,5 @@ def sample(model, tokenizer, prompt: str, max_new_tokens: int, seed: int) -> str
     """Text sampled from `model` after `prompt` (temperature 0.8, top-k 40); the same seed gives
     the same text."""
     ids = torch.tensor([tokenizer.encode(prompt)])
-    generator = torch.Generator().manual_seed(seed)
-    out = model.generate(ids, max_new_tokens, temperature=0.8, top_k=40, generator=generator)
+    out = model.generate(ids, max_new_tokens, temperature=0.8, top_k=40, seed=seed)  # on the model's device
     return tokenizer.decode(out[0].tolist())

@@ -151,3 +151,12 @@ def test_seed_train_model_uses_the_gpu_and_generates_from_a_cpu_prompt():
     assert next(trained.parameters()).device.type == "cuda"
     generated = trained.generate(torch.tensor([[1, 2, 3, 4, 5]]), max_new_tokens=10, temperature=0.8, top_k=40)
     assert generated.shape == (1, 15) and generated[0, :5].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_python_train_py_demo_on_cuda(tmp_path, capsys):
+    """`python train.py` on a GPU machine: trains there (train_model's default) and samples there."""
+    from gptoss.demo import main
+
+    main(["--max-chars", "30000", "--epochs", "1", "--seq-len", "64", "--sample-tokens", "40", "--out", str(tmp_path / "demo")])
+    out = capsys.readouterr().out
+    assert "val perplexity" in out and "--- sample ---" in out
