@@ -8,8 +8,9 @@ configs/shakespeare_bpe.toml with every option off, trained by gptoss.trainer ex
 gptoss.sampler against the baseline (random window offsets, nothing else) or, for `aligned`,
 turns the random offsets off. Every run has the same steps, schedule and tokens per update (during
 a length warmup, give or take one window); conditions are interleaved seed by seed so that a change
-in the machine's load touches all of them alike. Each seed also draws its own validation subset,
-so comparisons are paired by seed.
+in the machine's load touches all of them alike. Each seed also draws its own validation subset
+(the same for every condition of that seed); the table compares means over seeds, with the spread
+of each condition's runs.
 
 Time is the trainer's training time (the sum of its update times, batch building and BPE-dropout
 included; evaluations excluded), read from metrics.csv; the time to the target is interpolated

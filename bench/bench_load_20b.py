@@ -6,7 +6,9 @@ MXFP4-packed (uint8 `*_blocks` / `*_scales`), everything else bf16. About 13.8 G
 --path (default /tmp, never the repository) and deleted afterwards unless --keep.
 
 Then a fresh process loads it with GPT.from_pretrained (experts stay packed: ~14 GB instead of ~42 GB
-decoded) and decodes greedily at batch 1. It reports the load time, the peak resident memory
+decoded) and decodes greedily at batch 1. It reports the load time (the checkpoint was just
+written, so much of it is still in the page cache: a warm read, not a cold one from disk), the peak
+resident memory
 (VmHWM, which counts the memory-mapped pages being read as well as the model) and tokens/s.
 
     flock /tmp/gptoss-cpu.lock .venv/bin/python bench/bench_load_20b.py [--path DIR] [--keep] [--new-tokens 4]
@@ -174,7 +176,7 @@ def main() -> None:
         print(f"| time to write it (random values) | {write_s:.0f} s |")
     print(f"| the same weights all in bf16 | {decoded_bytes / 1e9:.1f} GB |")
     print(f"| model in memory after loading (experts packed) | {result['model_bytes'] / GiB:.2f} GiB |")
-    print(f"| load time (from_pretrained, fresh process) | {result['load_s']:.1f} s |")
+    print(f"| load time (from_pretrained, fresh process, page cache warm) | {result['load_s']:.1f} s |")
     print(f"| peak RSS after loading | {result['rss_after_load'] / GiB:.2f} GiB |")
     print(f"| peak RSS after decoding | {result['peak_rss'] / GiB:.2f} GiB |")
     print(f"| prefill, {args.prompt_tokens} tokens | {result['prefill_s']:.1f} s |")
