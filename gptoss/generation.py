@@ -14,8 +14,8 @@ top_k, top_p, min_p, repetition_penalty) are gptoss.sampling.SamplingOptions fie
 keywords.
 
 Past the context limit (prompt + n > max_seq_len): a model with learned positions (GPT-2) falls
-back to the seed's sliding crop, re-reading the last max_seq_len tokens at every step (slow, no
-cache, but unlimited); a rotary (gpt-oss) model raises a ValueError, since cropping would silently
+back to the seed's sliding crop once the text outgrows the context, re-reading the last
+max_seq_len tokens at every step (slow, but unlimited; the cache serves the steps before that); a rotary (gpt-oss) model raises a ValueError, since cropping would silently
 drop context that its 131k-token window was built to keep.
 
 For speed on a CPU, call prepare_for_inference(model) once first (see its doc).
@@ -188,10 +188,10 @@ def next_token_logits(model, ids: torch.Tensor, real: torch.Tensor | None, lengt
     """Logits (B, vocab) of the token that follows ids[:, :length].
 
     With a cache, only the columns it has not seen yet go through the model (the whole prompt at
-    the first step, one column after). Without one (past the context limit, learned positions
-    only), the last max_seq_len columns are recomputed: the seed's sliding crop.
+    the first step, one column after). Once the text outgrows the cache (past the context limit,
+    learned positions only), the last max_seq_len columns are recomputed: the seed's sliding crop.
     """
-    if cache is not None:
+    if length <= cache.capacity:
         start = cache.length
         mask = real[:, start:length] if real is not None and start == 0 else None  # padding: prompt only
         return model(ids[:, start:length], cache=cache, padding_mask=mask, logits_to_keep=1)[:, -1]
@@ -215,7 +215,7 @@ def _token_steps(
     False marks padding (None: no padding).
     """
     B, total = ids.shape
-    cache = model.new_cache(B, capacity=total) if total <= model.config.max_seq_len else None
+    cache = model.new_cache(B, capacity=min(total, model.config.max_seq_len))  # the crop takes over past it
     seen = None  # (B, vocab) bool: the tokens of each row so far, for the repetition penalty
     if options.repetition_penalty != 1:
         seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=ids.device)

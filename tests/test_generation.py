@@ -182,10 +182,15 @@ def test_padded_batch_with_repetition_penalty_matches_alone(model):
 
 
 def test_past_the_context_learned_positions_crop():
-    """GPT-2 (learned positions) past max_seq_len: the seed's sliding crop of the last 64 tokens."""
+    """GPT-2 (learned positions) past max_seq_len: the cache until the context is full, then the
+    seed's sliding crop of the last 64 tokens."""
     model = random_model(CONFIGS["gpt2"])
     prompt = torch.randint(0, 97, (1, 60), generator=torch.Generator().manual_seed(5))
+    widths = []
+    hook = model.register_forward_pre_hook(lambda module, args: widths.append(args[0].shape[1]))
     out = generate(model, prompt, 10, temperature=0)
+    hook.remove()
+    assert widths == [60, 1, 1, 1, 1] + [64] * 5  # prefill, 4 cached steps up to 64 tokens, then crops
     idx = prompt
     with torch.no_grad():
         for _ in range(10):
