@@ -66,8 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"unigram entropy of the training tokens (a context-blind model's loss): {unigram_entropy(list(train_tokens)):.4f}")
 
-    context = max(args.seq_len, 256)
-    if GPTConfig.preset(args.preset).position == "rope":  # no position table: make room for the whole sample
+    # learned positions: a table only as long as the training windows, every row of it trained
+    # (longer samples slide past it); rotary: no table, room for the whole sample
+    context = args.seq_len
+    if GPTConfig.preset(args.preset).position == "rope":
         context = max(context, 1 + args.sample_tokens)
     config = GPTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size, max_seq_len=context, dropout=0.0)
     model = GPT(config)

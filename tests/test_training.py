@@ -1,5 +1,6 @@
 """The seed's training loop (train_model), the seed's own examples, and `python train.py`."""
 
+import json
 import math
 import re
 import subprocess
@@ -104,6 +105,8 @@ def test_python_train_py_demo(tmp_path):
     assert len(losses) == 2 and losses[1] < losses[0], out.stdout
     assert "--- sample ---" in out.stdout
     assert (tmp_path / "demo" / "model.safetensors").is_file()
+    # a position table as long as the training windows: every row of it was trained
+    assert json.loads((tmp_path / "demo" / "config.json").read_text())["config"]["max_seq_len"] == 64
 
 
 def test_train_py_shakespeare_bpe_reloads_with_its_tokenizer(tmp_path, shakespeare_text):
