@@ -20,13 +20,12 @@ import sys
 from collections.abc import Iterator
 from typing import TextIO
 
-import torch
-
 from gptoss.generation import (
     add_model_arguments,
     add_sampling_arguments,
     check_generation_options,
     load_model_and_tokenizer,
+    make_generator,
     sampling_arguments,
     stream,
     stream_text,
@@ -238,8 +237,8 @@ def _run_chat(args) -> int:
                 f"context of {model.config.max_seq_len} tokens; ask for fewer"
             )
         check_generation_options(model, args.max_new_tokens, **options)  # before the first message
-        if options["seed"] is not None:  # one random stream for the whole conversation, not one per reply
-            options["generator"] = torch.Generator(model.lm_head.weight.device).manual_seed(options.pop("seed"))
+        # one random stream for the whole conversation, not one seeded afresh for each reply
+        options["generator"] = make_generator(options.pop("seed"), None, model.lm_head.weight.device)
     except (ValueError, TypeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -260,8 +260,8 @@ class TokenDataset:
             directory=directory,
             meta=meta,
             tokenizer=load_tokenizer(directory, tokenizer_files_dir),
-            train=load_tokens(directory / meta["files"]["train"]),
-            val=load_tokens(directory / meta["files"]["val"]),
+            train=_load_part(directory, meta, "train"),
+            val=_load_part(directory, meta, "val"),
         )
 
 
@@ -376,9 +376,18 @@ def load_tokens(path: str | Path) -> np.ndarray:
     meta = _read_meta(path.parent)
     if meta is None:
         raise FileNotFoundError(f"{path.parent / META_FILE} is missing: {path} was not written by prepare")
-    dtype = np.dtype(meta["dtype"])
     part = next((name for name, file in meta["files"].items() if file == path.name), None)
-    expected = meta[f"{part}_tokens"] * dtype.itemsize if part else path.stat().st_size
+    if part is None:
+        raise ValueError(f"{path.name} is not one of the files {META_FILE} lists ({sorted(meta['files'].values())})")
+    return _load_part(path.parent, meta, part)
+
+
+def _load_part(directory: Path, meta: dict, part: str) -> np.ndarray:
+    """The `part` ("train" or "val") of a prepared folder whose meta.json is `meta`, checked against
+    the size meta.json gives it."""
+    path = directory / meta["files"][part]
+    dtype = np.dtype(meta["dtype"])
+    expected = meta[f"{part}_tokens"] * dtype.itemsize
     if path.stat().st_size != expected:
         raise ValueError(
             f"{path} holds {path.stat().st_size:,} bytes, but {META_FILE} says {expected:,}: the file is "
@@ -424,9 +433,9 @@ def _tokenizer_request(tokenizer: Tokenizer | str, vocab_size: int) -> dict:
 
 def _is_cached(meta: dict, directory: Path, source: dict, val_fraction: float, request: dict) -> bool:
     """Whether `directory` already holds this text prepared with this tokenizer, complete."""
-    if meta["format"] != META_FORMAT or meta.get("source_sha256") != source["sha256"]:
+    if meta["format"] != META_FORMAT or meta["source_sha256"] != source["sha256"]:
         return False
-    if meta.get("val_fraction") != val_fraction:
+    if meta["val_fraction"] != val_fraction:
         return False
     if request not in (meta["tokenizer"].get("request"), {"fingerprint": meta["tokenizer"].get("fingerprint")}):
         return False
@@ -445,7 +454,7 @@ def _read_meta(directory: Path) -> dict | None:
         return None
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-        missing = {"format", "dtype", "files", "train_tokens", "val_tokens", "tokenizer"} - set(meta)
+        missing = {"format", "source_sha256", "val_fraction", "dtype", "files", "train_tokens", "val_tokens", "tokenizer"} - set(meta)
     except (ValueError, TypeError) as error:
         missing, meta = {f"valid JSON ({error})"}, None
     if missing:

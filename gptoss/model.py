@@ -367,14 +367,7 @@ class GPT(nn.Module):
             raise ValueError(f"token ids must have shape (batch, time), got shape {tuple(idx.shape)}")
         if idx.numel() == 0:
             raise ValueError(f"token ids are empty (shape {tuple(idx.shape)}): give at least one token per sequence")
-        if idx.device.type != "meta":
-            low, high = int(idx.min()), int(idx.max())
-            if low < 0 or high >= self.config.vocab_size:
-                bad = low if low < 0 else high
-                raise ValueError(
-                    f"token id {bad} is outside [0, {self.config.vocab_size}): the tokenizer does not match "
-                    "this model's vocab_size"
-                )
+        self._check_id_range(idx, "token id", 0, "the tokenizer does not match this model's vocab_size")
 
     def check_targets(self, targets: torch.Tensor, shape) -> None:
         """Raise a clear TypeError/ValueError unless targets are (B, T) integer ids or -1 (ignored)."""
@@ -382,13 +375,15 @@ class GPT(nn.Module):
             raise TypeError("targets must be a torch.long (or torch.int32) tensor of next-token ids")
         if tuple(targets.shape) != tuple(shape):
             raise ValueError(f"targets must have the logits' shape {tuple(shape)} (batch, kept positions), got {tuple(targets.shape)}")
-        if targets.device.type != "meta" and targets.numel():
-            low, high = int(targets.min()), int(targets.max())
-            if low < -1 or high >= self.config.vocab_size:
-                raise ValueError(
-                    f"target id {low if low < -1 else high} is outside [0, {self.config.vocab_size}); -1 marks a "
-                    "position to ignore (not -100 as in transformers)"
-                )
+        self._check_id_range(targets, "target id", -1, "-1 marks a position to ignore (not -100 as in transformers)")
+
+    def _check_id_range(self, ids: torch.Tensor, what: str, lowest: int, hint: str) -> None:
+        """Raise ValueError naming the first id outside [lowest, vocab_size), with `hint`."""
+        if ids.device.type == "meta" or ids.numel() == 0:
+            return
+        low, high = int(ids.min()), int(ids.max())
+        if low < lowest or high >= self.config.vocab_size:
+            raise ValueError(f"{what} {low if low < lowest else high} is outside [0, {self.config.vocab_size}): {hint}")
 
     # ------------------------------------------------------------------ forward
     def forward(
