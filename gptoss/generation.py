@@ -68,6 +68,7 @@ class InferenceLinear(nn.Linear):
         rows = self.out_features // blocks  # the last out_features % blocks rows are done apart
         self.row_blocks = weight[: blocks * rows].view(blocks, rows, self.in_features)
         self.bias_blocks = None if self.bias is None else self.bias.detach()[: blocks * rows].view(blocks, rows, 1)
+        self.leftover_rows = weight[blocks * rows :]  # (out_features % blocks, in_features)
         self.packed_from = (weight.data_ptr(), self.weight._version, blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,14 +93,18 @@ class InferenceLinear(nn.Linear):
         # the same column vector for every block: strides (0, 1, in_features), as_strided's one op
         # rather than reshape + mT + expand (with strides (0, 1, 1) torch.bmm misses BLAS: 4x slower)
         vector = x.as_strided((blocks, size, 1), (0, 1, size))
+        out = x.new_empty(*x.shape[:-1], self.out_features)
+        flat = out.view(self.out_features)
+        blocks_out = flat[: blocks * rows].view(blocks, rows, 1)  # the blocks' rows, in order
         if self.bias_blocks is None:
-            out = torch.bmm(self.row_blocks, vector).view(blocks * rows)  # (blocks, rows, 1) -> rows in order
+            torch.bmm(self.row_blocks, vector, out=blocks_out)
         else:
-            out = torch.baddbmm(self.bias_blocks, self.row_blocks, vector).view(blocks * rows)
-        if blocks * rows < self.out_features:  # the rows left over (fewer than the threads)
-            bias = None if self.bias is None else self.bias[blocks * rows :]
-            out = torch.cat([out, F.linear(x.reshape(size), self.weight[blocks * rows :], bias)])
-        return out.view(*x.shape[:-1], self.out_features)
+            torch.baddbmm(self.bias_blocks, self.row_blocks, vector, out=blocks_out)
+        if len(self.leftover_rows):  # fewer rows than threads, in the same output (no torch.cat)
+            torch.mv(self.leftover_rows, x.view(size), out=flat[blocks * rows :])
+            if self.bias is not None:
+                flat[blocks * rows :] += self.bias[blocks * rows :]
+        return out
 
 
 # Weights smaller than this (elements) stay plain nn.Linear: reading them takes less time than
