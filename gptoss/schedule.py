@@ -33,8 +33,8 @@ class LRSchedule:
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
             raise ValueError(f"unknown learning-rate schedule {self.kind!r}; choose one of {', '.join(SCHEDULES)}")
-        if not self.max_lr > 0:
-            raise ValueError(f"the learning rate must be > 0, got {self.max_lr!r}")
+        if not 0 < self.max_lr < math.inf:
+            raise ValueError(f"the learning rate must be > 0 and finite, got {self.max_lr!r}")
         if not 0 <= self.min_lr <= self.max_lr:
             raise ValueError(f"min_lr must be in [0, learning_rate={self.max_lr}], got {self.min_lr!r}")
         if self.total_steps < 1:

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gptoss.data import epoch_batches
+from gptoss.mxfp4 import has_packed_experts
 from gptoss.trainer import adamw  # the trainer's: decay on weight matrices only
 
 
@@ -66,10 +67,15 @@ def train_model(
     for name, value in (("seq_len", seq_len), ("batch_size", batch_size), ("num_epochs", num_epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+    if not 0 < learning_rate < math.inf:
+        raise ValueError(f"learning_rate must be > 0 and finite, got {learning_rate!r}")
     if not grad_clip >= 0 or not weight_decay >= 0:
         raise ValueError(f"grad_clip (0: none) and weight_decay must be >= 0, got {grad_clip!r} and {weight_decay!r}")
+    if has_packed_experts(model):
+        raise ValueError(
+            "this model's experts are MXFP4-packed uint8 buffers, which training cannot update: load it with "
+            "GPT.from_pretrained(path, dequantize_experts=True) or call gptoss.mxfp4.dequantize_experts(model) first"
+        )
     if seq_len > model.config.max_seq_len:
         raise ValueError(f"seq_len={seq_len} exceeds the model's max_seq_len={model.config.max_seq_len}")
     train_tokens = as_token_tensor(train_data, "train_data", seq_len)
@@ -89,8 +95,12 @@ def train_model(
             if grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
-            total += loss.item()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            cross_entropy = loss.item()
+            aux = model.aux_loss()  # an MoE model trains on cross-entropy + coef x aux: report the
+            if aux is not None:  # cross-entropy alone, comparable with the validation loss
+                cross_entropy -= model.config.router_aux_loss_coef * aux.item()
+            total += cross_entropy
+            bar.set_postfix(loss=f"{cross_entropy:.4f}")
         line = f"epoch {epoch}/{num_epochs} | train loss {total / len(batches):.4f}"
         if val_tokens is not None:
             val_loss = evaluate(model, val_tokens, seq_len, batch_size, device)

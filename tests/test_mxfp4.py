@@ -137,3 +137,11 @@ def test_packing_needs_multiples_of_32():
     config = GPTConfig.preset("gpt-oss-tiny", d_model=48, head_dim=12)
     with pytest.raises(ValueError, match="multiple"):
         pack_experts_on_meta(GPT(config, device="meta"))
+
+
+def test_train_model_refuses_packed_experts():
+    """Packed experts are uint8 buffers no optimizer updates: training one is refused, with the fix."""
+    from gptoss.training import train_model
+
+    with pytest.raises(ValueError, match="dequantize_experts"):
+        train_model(packed_model(), list(range(61)) * 3, seq_len=8, num_epochs=1, progress=False)

@@ -80,6 +80,7 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     [
         (dict(learnig_rate=1e-3), ValueError, "unknown training config key 'learnig_rate'; did you mean 'learning_rate'"),
         (dict(learning_rate=-1e-3), ValueError, "learning_rate must be > 0"),
+        (dict(learning_rate=math.inf), ValueError, "learning_rate must be > 0 and finite, got inf"),
         (dict(batch_size=10, micro_batch_size=4), ValueError, r"batch_size \(10\) must be a multiple of micro_batch_size \(4\)"),
         (dict(batch_size=0), ValueError, "batch_size must be >= 1"),
         (dict(batch_size="8"), TypeError, "'batch_size' must be of type int"),
@@ -116,7 +117,7 @@ def test_fp16_needs_cuda(corpus, data_dir, tmp_path):
 
 def test_cli_reports_bad_values_and_exits_2(capsys):
     assert main(["train", "--set", "learning_rate=-0.1"]) == 2
-    assert "error: learning_rate must be > 0, got -0.1" in capsys.readouterr().err
+    assert "error: learning_rate must be > 0 and finite, got -0.1" in capsys.readouterr().err
     assert main(["train", "--set", "max_stepz=3"]) == 2
     assert "did you mean 'max_steps'" in capsys.readouterr().err
 

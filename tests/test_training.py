@@ -57,6 +57,7 @@ def test_train_model_accepts_lists_arrays_and_tensors(capsys):
         (list(range(8)), {}, ValueError, "fewer than seq_len \\+ 1 = 9"),
         ([0.5] * 50, {}, TypeError, "integer token ids"),
         (list(range(50)), {"learning_rate": -1.0}, ValueError, "learning_rate"),
+        (list(range(50)), {"learning_rate": math.inf}, ValueError, "learning_rate must be > 0 and finite"),
         (list(range(50)), {"batch_size": 0}, ValueError, "batch_size"),
         (list(range(50)), {"seq_len": 100}, ValueError, "max_seq_len"),
         (list(range(50)), {"grad_clip": -1.0}, ValueError, "grad_clip"),
@@ -67,6 +68,20 @@ def test_train_model_rejects_bad_input(train, kwargs, error, match):
     model = GPT(GPTConfig.preset("tiny", vocab_size=50, num_layers=1, d_model=16, num_heads=2, d_ff=32, max_seq_len=16))
     with pytest.raises(error, match=match):
         train_model(model, train, None, **{"seq_len": 8, "num_epochs": 1, "progress": False, **kwargs})
+
+
+def test_train_model_reports_the_cross_entropy_of_a_moe_model(capsys):
+    """A MoE model trains on cross-entropy + coef x load-balancing loss; the printed train loss is
+    the cross-entropy, comparable with the validation loss: with a learning rate too small to move
+    the weights, the train loss over one epoch equals the validation loss on the same windows."""
+    config = GPTConfig.preset("gpt-oss-tiny", vocab_size=50, num_layers=1, d_model=32, num_heads=2, num_kv_heads=1,
+                              head_dim=16, d_ff=32, num_experts=4, max_seq_len=16, router_aux_loss_coef=0.9)  # fmt: skip
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 50, (8 * 20 + 1,)).tolist()  # 20 windows of 8: 5 full batches of 4
+    train_model(GPT(config), tokens, tokens, seq_len=8, batch_size=4, num_epochs=1, learning_rate=1e-12,
+                weight_decay=0.0, progress=False)  # fmt: skip
+    match = re.search(r"train loss ([\d.]+) \| val loss ([\d.]+)", capsys.readouterr().out)
+    assert float(match[1]) == pytest.approx(float(match[2]), abs=1e-3)
 
 
 def seed_python_blocks() -> list[str]:
