@@ -4,6 +4,7 @@ Hugging Face or a gptoss checkpoint directory."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -23,7 +24,9 @@ def register_cli(subparsers) -> None:
         description=__doc__,
     )
     parser.add_argument("source", help="checkpoint directory to read")
-    parser.add_argument("destination", help="directory to write (replaced atomically if it exists)")
+    parser.add_argument(
+        "destination", help="directory to write (a checkpoint folder there is replaced atomically; the source is never)"
+    )
     parser.add_argument("--to", choices=SAVE_FORMATS, required=True, help="format to write")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast floating weights (default: keep them as stored)")
     parser.add_argument(
@@ -39,12 +42,17 @@ def register_cli(subparsers) -> None:
 
 def run_convert(args) -> int:
     """Load args.source, save it as args.to at args.destination, and say what was written."""
-    format_name, _ = detect_format(args.source)
-    model = from_pretrained(
-        args.source, dtype=DTYPES.get(args.dtype), dequantize_experts=args.dequantize_experts, progress=None
-    )
-    tokenizer = resolve_tokenizer(args.tokenizer, args.source)
-    save_pretrained(model, args.destination, format=args.to, tokenizer=tokenizer)
+    try:
+        check_destination(args.source, args.destination)
+        format_name, _ = detect_format(args.source)
+        tokenizer = resolve_tokenizer(args.tokenizer, args.source)  # before the (long) load: a typo fails fast
+        model = from_pretrained(
+            args.source, dtype=DTYPES.get(args.dtype), dequantize_experts=args.dequantize_experts, progress=None
+        )
+        save_pretrained(model, args.destination, format=args.to, tokenizer=tokenizer)
+    except (ValueError, TypeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     experts = "" if model.config.mlp != "moe" else (", experts MXFP4-packed" if has_packed_experts(model) else ", experts plain")
     count = GPT(model.config, device="meta").num_parameters()
     print(
@@ -52,6 +60,22 @@ def run_convert(args) -> int:
         f"{model.transformer.wte.weight.dtype}{experts}; tokenizer: {tokenizer.kind if tokenizer else 'none'}"
     )
     return 0
+
+
+def check_destination(source: str | Path, destination: str | Path) -> None:
+    """Refuse a destination whose replacement would delete the source or a folder that is not a
+    checkpoint (the destination is replaced whole)."""
+    source, target = Path(source).resolve(), Path(destination).resolve()
+    if target == source or target in source.parents:
+        raise ValueError(
+            f"the destination {destination} holds the source checkpoint, and writing it replaces the whole "
+            "folder: choose a destination outside the source"
+        )
+    if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / "config.json").is_file())):
+        raise ValueError(
+            f"{destination} exists and is not a checkpoint folder (no config.json); convert replaces the "
+            "destination whole: choose a new folder, or remove it first"
+        )
 
 
 def resolve_tokenizer(spec: str | None, source: str | Path):

@@ -354,6 +354,26 @@ def test_convert_command_round_trip(hf_mxfp4_dir, tmp_path, capsys):
     assert torch.equal(back(token_batch()), reference(token_batch()))
 
 
+def test_convert_command_protects_the_source_and_other_folders(hf_mxfp4_dir, tmp_path, capsys):
+    """convert replaces its destination whole: a destination that is (or holds) the source, or an
+    existing folder that is not a checkpoint, is refused before anything is written; bad input is
+    an "error:" line and exit code 2, not a traceback."""
+    before = sorted(p.name for p in hf_mxfp4_dir.iterdir())
+    for destination in (hf_mxfp4_dir, hf_mxfp4_dir.parent):
+        assert cli_main(["convert", str(hf_mxfp4_dir), str(destination), "--to", "hf"]) == 2
+        assert "holds the source checkpoint" in capsys.readouterr().err
+    assert sorted(p.name for p in hf_mxfp4_dir.iterdir()) == before
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    assert cli_main(["convert", str(hf_mxfp4_dir), str(tmp_path / "notes"), "--to", "hf"]) == 2
+    assert "not a checkpoint folder" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    assert cli_main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "out"), "--to", "hf"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert cli_main(["convert", str(hf_mxfp4_dir), str(tmp_path / "out"), "--to", "hf", "--tokenizer", "gtp2"]) == 2
+    assert "--tokenizer 'gtp2' is neither a kind" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------- errors
 def test_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
