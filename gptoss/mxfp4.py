@@ -33,7 +33,7 @@ DECODE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @functools.lru_cache(maxsize=None)
-def _decode_table(dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+def _decode_table(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, int]:
     """A lookup table from packed bytes straight to 8 bytes of decoded values.
 
     Decoding is one gather: the bf16 table takes 2 packed bytes (4 codes) to 4 values, the fp32
@@ -49,7 +49,7 @@ def _decode_table(dtype: torch.dtype) -> tuple[torch.Tensor, int]:
     index_dtype = torch.uint8 if bytes_per_entry == 1 else torch.int16
     patterns = torch.arange(256**bytes_per_entry).to(index_dtype).view(torch.uint8).view(-1, bytes_per_entry)
     values = pairs[patterns.long()].reshape(-1, 2 * bytes_per_entry)  # (256**k, 2k)
-    return values.contiguous().view(torch.int64).view(-1), bytes_per_entry
+    return values.contiguous().view(torch.int64).view(-1).to(device), bytes_per_entry
 
 
 def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -72,13 +72,13 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dt
     if dtype == torch.float16:
         return dequantize_mxfp4(blocks, scales, torch.float32).to(dtype)
     *prefix, groups, _ = blocks.shape
-    table, bytes_per_entry = _decode_table(dtype)
+    table, bytes_per_entry = _decode_table(dtype, blocks.device)  # one copy per device, not per call
     packed = blocks.contiguous().view(-1)
     if bytes_per_entry == 2:
         index = packed.view(torch.int16).int() & 0xFFFF
     else:
         index = packed.int()
-    values = table.to(blocks.device).index_select(0, index).view(dtype).view(-1, groups, BLOCK_SIZE)
+    values = table.index_select(0, index).view(dtype).view(-1, groups, BLOCK_SIZE)
     scales = scales.reshape(-1, groups)
     values *= _scale_powers(dtype, blocks.device)[scales.int()].unsqueeze(-1)
     top = scales == 255

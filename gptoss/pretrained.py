@@ -53,8 +53,8 @@ from gptoss.hf import (
     gpt_oss_state_to_openai,
 )
 from gptoss.model import GPT
+from gptoss.mxfp4 import DECODE_DTYPES, has_packed_experts, pack_experts_on_meta
 from gptoss.mxfp4 import dequantize_experts as dequantize_packed_experts
-from gptoss.mxfp4 import has_packed_experts, pack_experts_on_meta
 
 CONFIG_FILE = "config.json"
 HF_WEIGHTS = "model.safetensors"
@@ -188,23 +188,24 @@ class CheckpointTensors:
         self.file_of: dict[str, Path] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.nbytes: dict[str, int] = {}
+        self.dtypes: dict[str, str] = {}  # as the file names them: safetensors' "U8", "BF16", ...; torch.uint8, ...
         self._pickled: dict[Path, dict[str, torch.Tensor]] = {}  # .bin files, lazily mapped
         for file in self.files:
-            for name, shape, nbytes in self._scan(file):
+            for name, shape, nbytes, dtype in self._scan(file):
                 if name in self.file_of:
                     raise ValueError(f"tensor {name} is stored twice, in {self.file_of[name]} and {file}: remove one copy")
-                self.file_of[name], self.shapes[name], self.nbytes[name] = file, shape, nbytes
+                self.file_of[name], self.shapes[name], self.nbytes[name], self.dtypes[name] = file, shape, nbytes, dtype
         self._check_index()
 
     @property
     def names(self) -> list[str]:
         return list(self.file_of)
 
-    def _scan(self, file: Path) -> list[tuple[str, tuple[int, ...], int]]:
+    def _scan(self, file: Path) -> list[tuple[str, tuple[int, ...], int, str]]:
         if file.suffix == ".bin":
             state = load_pickled_weights(file)
             self._pickled[file] = state
-            return [(name, tuple(t.shape), t.numel() * t.element_size()) for name, t in state.items()]
+            return [(name, tuple(t.shape), t.numel() * t.element_size(), str(t.dtype)) for name, t in state.items()]
         try:
             with safe_open(file, framework="pt") as f:
                 entries = []
@@ -214,7 +215,7 @@ class CheckpointTensors:
                     if tensor.get_dtype() not in SAFETENSORS_DTYPE_BYTES:
                         raise ValueError(f"{file}: tensor {name} has dtype {tensor.get_dtype()}, which is not supported")
                     itemsize = SAFETENSORS_DTYPE_BYTES[tensor.get_dtype()]
-                    entries.append((name, shape, itemsize * int(torch.Size(shape).numel())))
+                    entries.append((name, shape, itemsize * int(torch.Size(shape).numel()), tensor.get_dtype()))
                 return entries
         except (SafetensorError, OSError) as err:
             raise ValueError(
@@ -346,6 +347,8 @@ def from_pretrained(
     packed = any(name.endswith(("_blocks", ".blocks")) for name in tensors.names)
     if packed and config.mlp != "moe":
         raise ValueError(f"{directory} holds MXFP4-packed tensors, but its config describes a model without experts")
+    if packed:
+        check_packed_tensors(tensors, dtype)
 
     model = GPT(config, device="meta")
     if packed:
@@ -369,6 +372,25 @@ def from_pretrained(
         if dequantize_experts or decoded_values <= DEQUANTIZE_LIMIT:
             dequantize_packed_experts(model)
     return model.eval()
+
+
+def check_packed_tensors(tensors: CheckpointTensors, dtype: torch.dtype | None) -> None:
+    """Raise a ValueError unless the MXFP4 blocks and scales are stored as bytes (uint8) and `dtype`
+    is one they decode to: found now, not at the first forward after a long load."""
+    suffixes = ("_blocks", ".blocks", "_scales", ".scales")
+    wrong = [f"{name} ({tensors.dtypes[name]})" for name in tensors.names
+             if name.endswith(suffixes) and tensors.dtypes[name] not in ("U8", str(torch.uint8))]  # fmt: skip
+    if wrong:
+        raise ValueError(
+            f"the MXFP4 blocks and scales in {tensors.directory} must be stored as uint8 (U8), but "
+            f"{len(wrong)} are not, e.g. {', '.join(wrong[:3])}: the checkpoint is damaged or was written by a "
+            "tool that re-encoded them; use the original files"
+        )
+    if dtype is not None and dtype not in DECODE_DTYPES:
+        raise ValueError(
+            f"this checkpoint's experts are MXFP4, which decodes to {', '.join(map(str, DECODE_DTYPES))}, "
+            f"not {dtype}: choose one of those dtypes"
+        )
 
 
 def check_tensors_match(fmt: Format, config: GPTConfig, tensors: CheckpointTensors, expected: dict) -> None:

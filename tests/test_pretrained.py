@@ -7,6 +7,7 @@ models trained here export to directories that transformers opens. Then the erro
 """
 
 import json
+import shutil
 import pickle
 import warnings
 
@@ -372,6 +373,19 @@ def test_convert_command_protects_the_source_and_other_folders(hf_mxfp4_dir, tmp
     assert "error:" in capsys.readouterr().err
     assert cli_main(["convert", str(hf_mxfp4_dir), str(tmp_path / "out"), "--to", "hf", "--tokenizer", "gtp2"]) == 2
     assert "--tokenizer 'gtp2' is neither a kind" in capsys.readouterr().err
+
+
+def test_packed_experts_must_be_bytes_and_decode_to_the_dtype(hf_mxfp4_dir, tmp_path):
+    """MXFP4 tensors stored as anything but uint8, or a dtype MXFP4 cannot decode to, are refused when
+    loading starts (not at the first forward, after a long load)."""
+    with pytest.raises(ValueError, match="MXFP4, which decodes to .*not torch.float64"):
+        GPT.from_pretrained(hf_mxfp4_dir, dtype=torch.float64, dequantize_experts=False)
+    shutil.copytree(hf_mxfp4_dir, tmp_path / "damaged")
+    for shard in (tmp_path / "damaged").glob("*.safetensors"):
+        state = load_file(shard)
+        save_file({n: t.to(torch.int8) if n.endswith("_scales") else t for n, t in state.items()}, shard)
+    with pytest.raises(ValueError, match=r"must be stored as uint8 \(U8\), but 6 are not, e.g. .*_scales \(I8\)"):
+        GPT.from_pretrained(tmp_path / "damaged", dequantize_experts=False)
 
 
 # ---------------------------------------------------------------------------------------- errors
