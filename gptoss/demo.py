@@ -64,13 +64,14 @@ def main(argv: list[str] | None = None) -> None:
         f"corpus {args.data or args.dataset}: {len(text):,} characters -> {len(tokens):,} tokens "
         f"({args.tokenizer}, vocabulary {tokenizer.vocab_size}); train {len(train_tokens):,}, val {len(val_tokens):,}"
     )
-    print(f"unigram entropy of the training tokens (a context-blind model's loss): {unigram_entropy(list(train_tokens)):.4f}")
+    print(f"unigram entropy of the training tokens (a context-blind model's loss on them): {unigram_entropy(list(train_tokens)):.4f}")
 
+    prompt = text[:1]  # the sample starts from the corpus's first character (1-3 tokens with BPE)
     # learned positions: a table only as long as the training windows, every row of it trained
     # (longer samples slide past it); rotary: no table, room for the whole sample
     context = args.seq_len
     if GPTConfig.preset(args.preset).position == "rope":
-        context = max(context, 1 + args.sample_tokens)
+        context = max(context, len(tokenizer.encode(prompt)) + args.sample_tokens)
     config = GPTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size, max_seq_len=context, dropout=0.0)
     model = GPT(config)
     print(f"model {args.preset}: {model.num_parameters():,} parameters")
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"saved model and tokenizer to {args.out}")
 
     print("--- sample ---")
-    print(sample(model, tokenizer, text[:1], args.sample_tokens, seed=args.seed))
+    print(sample(model, tokenizer, prompt, args.sample_tokens, seed=args.seed))
 
 
 def sample(model, tokenizer, prompt: str, max_new_tokens: int, seed: int) -> str:

@@ -147,3 +147,17 @@ def test_train_py_with_a_rotary_preset_samples_past_256_tokens(tmp_path, capsys)
     demo_main(["--dataset", "shakespeare", "--max-chars", "20000", "--preset", "gpt-oss-tiny", "--epochs", "1",
                "--seq-len", "32", "--sample-tokens", "300", "--out", str(tmp_path / "run")])  # fmt: skip
     assert len(capsys.readouterr().out.split("--- sample ---\n", 1)[1]) > 300
+
+
+def test_train_py_samples_from_a_first_character_of_several_tokens(tmp_path, capsys, shakespeare_text):
+    """The sample starts from the corpus's first character, which a byte-level BPE may cut into
+    several tokens (a byte-order mark: 3): the rotary model's context has room for them too."""
+    from gptoss.demo import main as demo_main
+
+    corpus = tmp_path / "bom.txt"
+    corpus.write_text("\ufeff" + shakespeare_text[:20000], encoding="utf-8")
+    demo_main(["--data", str(corpus), "--tokenizer", "bpe", "--vocab-size", "300", "--preset", "gpt-oss-tiny",
+               "--epochs", "1", "--seq-len", "32", "--sample-tokens", "40", "--out", str(tmp_path / "run")])  # fmt: skip
+    model, tokenizer = load_model(tmp_path / "run")
+    assert len(tokenizer.encode("\ufeff")) > 1
+    assert capsys.readouterr().out.split("--- sample ---\n", 1)[1].startswith("\ufeff")
