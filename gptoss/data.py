@@ -256,10 +256,16 @@ class TokenDataset:
         meta = _read_meta(directory)
         if meta is None:
             raise FileNotFoundError(f"{directory} holds no prepared corpus ({META_FILE} is missing); run prepare")
+        tokenizer = load_tokenizer(directory, tokenizer_files_dir)
+        if tokenizer.fingerprint != meta["tokenizer"].get("fingerprint"):
+            raise ValueError(
+                f"the tokenizer saved in {directory} is not the one its tokens were made with (its fingerprint "
+                f"differs from {META_FILE}'s): run prepare again"
+            )
         return cls(
             directory=directory,
             meta=meta,
-            tokenizer=load_tokenizer(directory, tokenizer_files_dir),
+            tokenizer=tokenizer,
             train=_load_part(directory, meta, "train"),
             val=_load_part(directory, meta, "val"),
         )
@@ -298,9 +304,15 @@ def prepare(
     except ValueError:
         meta = None  # a damaged meta.json: prepare again, which rewrites it
     if meta is not None and _is_cached(meta, out_dir, source, val_fraction, request):
-        if progress:
-            print(f"{out_dir}: already prepared from this text with this tokenizer, reusing it")
-        return TokenDataset.load(out_dir, tokenizer_files_dir)
+        try:
+            dataset = TokenDataset.load(out_dir, tokenizer_files_dir)
+        except (ValueError, FileNotFoundError) as error:  # a damaged or missing tokenizer: prepare again
+            if progress:
+                print(f"{out_dir}: {error}; preparing it again")
+        else:
+            if progress:
+                print(f"{out_dir}: already prepared from this text with this tokenizer, reusing it")
+            return dataset
 
     if isinstance(tokenizer, str):
         tokenizer = build_tokenizer(

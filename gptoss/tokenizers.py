@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import operator
 import os
 import random
 from abc import ABC, abstractmethod
@@ -101,13 +102,17 @@ class Tokenizer(ABC):
     def _checked_ids(self, ids: Sequence[int] | np.ndarray) -> list[int]:
         if hasattr(ids, "tolist"):  # numpy arrays and torch tensors
             ids = ids.tolist()
-        ids = list(ids)
-        if not ids:
-            return ids
-        low, high = min(ids), max(ids)  # a 2-D input gives lists here, and fails the check too
-        if not (isinstance(low, int) and isinstance(high, int) and 0 <= low and high < self.vocab_size):
+        try:  # numpy integers are ints too; floats, and the lists of a 2-D input, are not
+            ids = [operator.index(i) for i in ids]
+        except TypeError:
+            bad = next(i for i in ids if not hasattr(i, "__index__"))
             raise ValueError(
-                f"cannot decode ids from {low!r} to {high!r}: ids must be ints in "
+                f"cannot decode {bad!r}: ids must be ints in range({self.vocab_size}) for this {self.kind} "
+                "tokenizer (a flat sequence of them)"
+            ) from None
+        if ids and not (0 <= min(ids) and max(ids) < self.vocab_size):
+            raise ValueError(
+                f"cannot decode ids from {min(ids)} to {max(ids)}: ids must be ints in "
                 f"range({self.vocab_size}) for this {self.kind} tokenizer (a flat sequence of them)"
             )
         return ids
@@ -296,9 +301,11 @@ class BPETokenizer(Tokenizer):
         return {"kind": self.kind, "tokenizer.json": self._backend.to_str()}
 
     def save(self, directory: str | Path) -> Path:
-        directory = super().save(directory)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        # the descriptor last: once it names this kind, the file it points to is complete
         write_text_atomically(directory / BPE_FILE, self._backend.to_str(pretty=True))
-        return directory
+        return super().save(directory)
 
 
 class TiktokenTokenizer(Tokenizer):
@@ -408,12 +415,18 @@ def load_tokenizer(directory: str | Path, files_dir: str | Path | None = None) -
             f"no saved tokenizer in {directory}: {DESCRIPTOR_FILE} is missing (save one with "
             "tokenizer.save(directory))"
         )
-    descriptor = json.loads(descriptor_path.read_text(encoding="utf-8"))
-    kind = descriptor.get("kind")
-    if kind == "char":
-        return CharTokenizer(descriptor["chars"])
-    if kind == "bpe":
-        return BPETokenizer.from_file(directory / descriptor["file"])
+    try:
+        descriptor = json.loads(descriptor_path.read_text(encoding="utf-8"))
+        kind = descriptor.get("kind")
+        if kind == "char":
+            return CharTokenizer(descriptor["chars"])
+        if kind == "bpe":
+            return BPETokenizer.from_file(directory / descriptor["file"])
+    except Exception as error:  # JSON, missing keys, wrong types; the tokenizers library raises bare Exceptions
+        raise ValueError(
+            f"the tokenizer saved in {directory} is damaged or incomplete ({type(error).__name__}: {error}); save "
+            "it again (a prepared data folder: run prepare again, which redoes it)"
+        ) from error
     if kind in TIKTOKEN_KINDS:
         saved_dir = descriptor.get("files_dir")
         if files_dir is None and saved_dir and Path(saved_dir).is_dir():

@@ -322,6 +322,20 @@ def test_damaged_prepared_files_are_clear_errors_and_prepare_redoes_them(tmp_pat
     assert (out / "train.bin").read_bytes() == train and len(again.train) == len(train) // 2
 
 
+def test_a_damaged_or_swapped_tokenizer_is_a_clear_error_and_prepare_redoes_it(tmp_path):
+    corpus, out = tmp_path / "corpus.txt", tmp_path / "out"
+    corpus.write_text(SAMPLE)
+    train = prepare(corpus, "bpe", out, vocab_size=300, progress=False).train.copy()
+    (out / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match="tokenizer saved in .* is damaged or incomplete .*run prepare again"):
+        TokenDataset.load(out)
+    assert np.array_equal(prepare(corpus, "bpe", out, vocab_size=300, progress=False).train, train)
+    CharTokenizer.from_text(SAMPLE).save(out)  # another tokenizer where the tokens' one was
+    with pytest.raises(ValueError, match="not the one its tokens were made with"):
+        TokenDataset.load(out)
+    assert np.array_equal(prepare(corpus, "bpe", out, vocab_size=300, progress=False).train, train)
+
+
 def test_a_failed_prepare_leaves_no_temporary_files(tmp_path):
     corpus, out = tmp_path / "corpus.txt", tmp_path / "out"
     corpus.write_text(SAMPLE)

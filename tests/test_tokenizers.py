@@ -277,6 +277,32 @@ def test_decode_rejects_ids_out_of_range(any_tokenizer):
         any_tokenizer.decode([0, any_tokenizer.vocab_size])
 
 
+def test_decode_takes_numpy_integers_and_refuses_non_integers(any_tokenizer):
+    ids = any_tokenizer.encode("The fox.")
+    assert any_tokenizer.decode(list(np.array(ids, dtype=np.int64))) == "The fox."
+    with pytest.raises(ValueError, match=r"cannot decode 1.5: ids must be ints"):
+        any_tokenizer.decode([0, 1.5, 2])
+
+
+@pytest.mark.parametrize(
+    "damage", ["truncated descriptor", "descriptor is a list", "char descriptor without chars", "bpe file truncated"]
+)
+def test_a_damaged_saved_tokenizer_is_a_clear_error(bpe, tmp_path, damage):
+    if damage == "char descriptor without chars":
+        (tmp_path / "gptoss_tokenizer.json").write_text('{"kind": "char"}')
+    else:
+        bpe.save(tmp_path)
+        descriptor, file = tmp_path / "gptoss_tokenizer.json", tmp_path / "tokenizer.json"
+        if damage == "truncated descriptor":
+            descriptor.write_text(descriptor.read_text()[:10])
+        elif damage == "descriptor is a list":
+            descriptor.write_text("[]")
+        else:
+            file.write_text(file.read_text()[:100])
+    with pytest.raises(ValueError, match=f"the tokenizer saved in {tmp_path} is damaged or incomplete"):
+        load_tokenizer(tmp_path)
+
+
 def test_bpe_saves_a_standard_tokenizer_json(bpe, tmp_path):
     from tokenizers import Tokenizer
 
