@@ -24,6 +24,7 @@ For speed on a CPU, call prepare_for_inference(model) once first (see its doc).
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -213,11 +214,12 @@ def _token_steps(
     prompt_length: int,
     options: SamplingOptions,
     generator: torch.Generator | None,
+    vocab_limit: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Fill ids[:, prompt_length:] one column at a time, yielding each new column (B,).
 
     ids (B, total): the left-padded prompts, then room for the new tokens. real (B, total) bool:
-    False marks padding (None: no padding).
+    False marks padding (None: no padding). vocab_limit: sample only ids below it.
     """
     B, total = ids.shape
     cache = model.new_cache(B, capacity=min(total, model.config.max_seq_len))  # the crop takes over past it
@@ -230,6 +232,8 @@ def _token_steps(
         seen.scatter_(1, prompts, True)
     for length in range(prompt_length, total):
         logits = next_token_logits(model, ids, real, length, cache)
+        if vocab_limit is not None:
+            logits[:, vocab_limit:] = -math.inf
         token = sample_next(logits, options, generator, seen)  # (B,)
         ids[:, length] = token
         if seen is not None:
@@ -397,7 +401,8 @@ def stream(
     A prompt's generation ends at one of stop_token_ids or at one of stop_strings (which need
     `tokenizer`); neither is emitted. Iteration ends when every prompt has ended or after
     max_new_tokens steps. Sampling keywords: see SamplingOptions. stats: a GenerationStats to
-    fill in with the prefill and decode timings.
+    fill in with the prefill and decode timings. With a tokenizer, only ids it can decode are
+    sampled (a model's vocabulary may be padded beyond its tokenizer's, e.g. 50304 for gpt2).
     """
     stop_ids = check_stops(stop_token_ids, stop_strings, tokenizer, model.config.vocab_size)
     ids, real, T, options, generator = _start(model, prompts, max_new_tokens, seed, generator, sampling)
@@ -406,7 +411,8 @@ def stream(
     finished = [False] * B
     stats = stats if stats is not None else GenerationStats()
     stats.__init__(prompt_tokens=int(real[:, :T].sum()) if real is not None else B * T)  # a reused one starts over
-    steps = _token_steps(model, ids, real, T, options, generator)
+    padded = tokenizer is not None and tokenizer.vocab_size < model.config.vocab_size
+    steps = _token_steps(model, ids, real, T, options, generator, tokenizer.vocab_size if padded else None)
     while True:
         started = time.perf_counter()
         tokens = next(steps, None)
@@ -617,13 +623,9 @@ def _run_generate(args) -> int:
         print(f"(random weights: preset {args.preset}; the text is noise)", file=sys.stderr)
     sys.stdout.write(text + first)
     sys.stdout.flush()
-    try:
-        for piece in pieces:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    except ValueError as error:  # an id the tokenizer lacks: a model whose vocabulary is padded beyond it
-        print(f"\nerror: the model produced a token its tokenizer cannot decode ({error})", file=sys.stderr)
-        return 1
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
     sys.stdout.write("\n")
     device = model.lm_head.weight.device
     where = f"cpu, {torch.get_num_threads()} threads" if device.type == "cpu" else str(device)

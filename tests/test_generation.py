@@ -293,6 +293,17 @@ def test_stop_string_ends_generation_and_is_not_emitted(char_model_and_tokenizer
     assert tokenizer.decode(tokens) == expected
 
 
+def test_a_model_padded_beyond_its_tokenizer_samples_only_ids_the_tokenizer_has():
+    """A vocabulary padded past the tokenizer's (like 50304 for gpt2's 50257): with the tokenizer
+    given, the padded ids are never drawn, even at a temperature that makes them most of the mass."""
+    tokenizer = build_tokenizer("char", text="abc ")
+    model = random_model(GPTConfig.preset("tiny", vocab_size=64, d_model=32, num_layers=1, num_heads=4, d_ff=64))
+    tokens = generate_batch(model, [tokenizer.encode("ab")], 200, temperature=50.0, seed=0, tokenizer=tokenizer)[0]
+    assert len(tokens) == 200 and max(tokens) < tokenizer.vocab_size
+    assert len("".join(stream_text(model, tokenizer, "ab", 100, temperature=50.0, seed=1))) == 100
+    assert max(generate_batch(model, [tokenizer.encode("ab")], 50, temperature=50.0, seed=0)[0]) >= tokenizer.vocab_size
+
+
 def test_partial_stop_string_is_held_back_then_released(char_model_and_tokenizer):
     """A text that starts like the stop string but does not finish it is emitted in full."""
     model, tokenizer = char_model_and_tokenizer
