@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gptoss.config import GPTConfig
-from gptoss.files import write_directory_atomically
+from gptoss.files import readable_directory, write_directory_atomically
 from gptoss.model import GPT
 
 FORMAT = "gptoss"
@@ -64,7 +64,7 @@ def is_gptoss_checkpoint(directory: str | Path) -> bool:
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, object | None]:
     """Load a checkpoint written by save_model: returns (model in eval mode, tokenizer or None)."""
-    directory = Path(directory)
+    directory = readable_directory(directory)
     if not is_gptoss_checkpoint(directory):
         raise ValueError(f"{directory} is not a gptoss checkpoint (no {CONFIG_FILE} with format {FORMAT!r})")
     info = json.loads((directory / CONFIG_FILE).read_text())

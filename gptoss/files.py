@@ -2,9 +2,11 @@
 
 Everything is written under a temporary name beside its destination (same filesystem), flushed to
 disk, then renamed into place; a crash or Ctrl-C midway leaves the old file or folder as it was.
-One gap: a folder cannot replace a folder in a single rename, so the old one is moved aside first;
-an exception between the two renames puts it back, but a process killed outright (SIGKILL, power
-loss) exactly there leaves it in `.NAME.old-*/NAME` beside the destination.
+A folder cannot replace a folder in a single rename, so the old one is moved aside first; an
+exception between the two renames puts it back, and a process killed outright (SIGKILL, power loss)
+exactly there leaves it in `.NAME.old-*/NAME` beside the destination (and the new one, complete
+but unpublished, in `.NAME.tmp-*`). Nothing is lost: loading reads the old folder from there
+(`readable_directory`), and the next write of the folder moves it back, then replaces it as usual.
 """
 
 from __future__ import annotations
@@ -37,10 +39,31 @@ def write_text_atomically(path: str | Path, text: str) -> Path:
     return write_file_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def readable_directory(directory: str | Path) -> Path:
+    """`directory`, or, when a replacement of it was killed between its two renames, the old folder
+    that it left aside (see the module doc). Changes nothing on disk: a writer may be mid-way."""
+    directory = Path(directory)
+    if directory.exists() or not directory.parent.is_dir():
+        return directory
+    aside = sorted(directory.parent.glob(f".{directory.name}.old-*/{directory.name}"))
+    return aside[-1] if aside else directory
+
+
+def _finish_interrupted_replacement(directory: Path) -> None:
+    """Move back the old folder a killed replacement left aside, and delete that replacement's
+    unpublished new folder: the state before it, for the write that follows."""
+    old = readable_directory(directory)
+    if old != directory:
+        os.rename(old, directory)
+    for leftover in [*directory.parent.glob(f".{directory.name}.old-*"), *directory.parent.glob(f".{directory.name}.tmp-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def write_directory_atomically(directory: str | Path, write: Callable[[Path], object]) -> Path:
     """Call write(tmp_dir) to fill a temporary directory, then move it to `directory`."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    _finish_interrupted_replacement(directory)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         write(tmp)

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from gptoss import checkpoint
 from gptoss.config import GPTConfig
-from gptoss.files import write_directory_atomically
+from gptoss.files import readable_directory, write_directory_atomically
 from gptoss.hf import (
     config_from_hf_gpt2,
     config_from_hf_gpt_oss,
@@ -102,7 +102,7 @@ FORMATS = {
 
 def detect_format(directory: str | Path) -> tuple[str, dict]:
     """(format name, parsed config.json) of a checkpoint directory; ValueError when unsupported."""
-    directory = Path(directory)
+    directory = readable_directory(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
     path = directory / CONFIG_FILE
@@ -341,7 +341,7 @@ def from_pretrained(
     """
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype such as torch.bfloat16 (or None), got {dtype!r}")
-    directory = Path(path)
+    directory = readable_directory(path)
     fmt, config = read_config(directory)
     tensors = CheckpointTensors(directory)
     packed = any(name.endswith(("_blocks", ".blocks")) for name in tensors.names)
@@ -541,7 +541,7 @@ def load_checkpoint_tokenizer(directory: str | Path):
     """The tokenizer saved with a checkpoint (gptoss: tokenizer/; exported: gptoss_tokenizer.json), or None."""
     from gptoss.tokenizers import DESCRIPTOR_FILE, load_tokenizer
 
-    directory = Path(directory)
+    directory = readable_directory(directory)
     for folder in (directory / "tokenizer", directory):
         if (folder / DESCRIPTOR_FILE).is_file():
             return load_tokenizer(folder)

@@ -20,23 +20,25 @@ torch.set_num_threads(1)
 
 def shared_data_path(relative: str) -> Path:
     """Path of a file under the shared data folder; fails or skips (see module doc) when missing."""
-    return _shared_path("data/" + relative)
+    return _required(_data_root() / relative)
 
 
 def seed_document() -> Path:
     """The seed document, ../shared/docs/SEED.md (beside the shared data folder)."""
-    return _shared_path("docs/SEED.md")
+    return _required(_data_root().parent / "docs" / "SEED.md")
 
 
-def _shared_path(relative: str) -> Path:
+def _data_root() -> Path:
+    """GPTOSS_SHARED_DATA (relative to the repository when not absolute), else ../shared/data."""
     configured = os.environ.get("GPTOSS_SHARED_DATA")
-    data_root = Path(configured) if configured else REPO_ROOT.parent / "shared" / "data"
-    if not data_root.is_absolute():
-        data_root = REPO_ROOT / data_root
-    path = data_root.parent / relative
+    root = Path(configured) if configured else REPO_ROOT.parent / "shared" / "data"
+    return root if root.is_absolute() else REPO_ROOT / root
+
+
+def _required(path: Path) -> Path:
     if not path.exists():
         message = f"shared data file {path} is missing"
-        if configured:
+        if os.environ.get("GPTOSS_SHARED_DATA"):
             pytest.fail(message + " (GPTOSS_SHARED_DATA is set, so it is required)")
         pytest.skip(message)
     return path

@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from gptoss import GPT
 from gptoss.checkpoint import load_model
 from gptoss.cli import main
 from gptoss.data import random_batch
@@ -208,6 +209,24 @@ def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(corpus, dat
     assert read_trainer_state(tmp_path / "checkpoints" / "step-0000002")["step"] == 2
 
 
+def test_nan_guard_catches_a_gradient_that_blows_up_under_a_finite_loss(corpus, data_dir, tmp_path):
+    trainer = Trainer(tiny_config(corpus, data_dir, tmp_path, checkpoint_every=2, max_steps=10))
+    before_step_4 = {}
+
+    def infinite_at_step_4(grad):
+        if trainer.step == 3:  # finished updates: this is the 4th
+            before_step_4.update({k: v.clone() for k, v in trainer.raw_model.state_dict().items()})
+            return grad * math.inf
+        return grad
+
+    trainer.raw_model.transformer.wte.weight.register_hook(infinite_at_step_4)
+    with pytest.raises(TrainingDiverged, match=r"step 4: the gradient norm is (inf|nan).*Last good checkpoint: .*step-0000002"):
+        trainer.fit()
+    after = trainer.raw_model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before_step_4.items())  # the update was not applied
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-0000002"]
+
+
 def test_a_save_interrupted_midway_leaves_the_previous_checkpoint_loadable(corpus, data_dir, tmp_path, monkeypatch):
     trainer = Trainer(tiny_config(corpus, data_dir, tmp_path, max_steps=4))
     trainer.train_step()
@@ -240,6 +259,51 @@ def test_a_save_interrupted_midway_leaves_the_previous_checkpoint_loadable(corpu
     assert read_trainer_state(first)["step"] == 1
     best, _ = load_model(tmp_path / "best")
     assert all(torch.equal(best.state_dict()[k], v) for k, v in before.items())
+
+
+KILLED_BETWEEN_RENAMES = """
+import os, signal, sys
+import torch
+from gptoss import GPT, GPTConfig
+from gptoss.checkpoint import save_model
+
+def model(seed):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig.preset("tiny", vocab_size=11, num_layers=1, d_model=16, num_heads=2, d_ff=32, max_seq_len=8))
+
+save_model(model(0), sys.argv[1])
+real_rename, renames = os.rename, []
+
+def rename_then_die(src, dst):  # the replacement's second rename (tmp -> destination) never happens
+    renames.append(dst)
+    if len(renames) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_rename(src, dst)
+
+os.rename = rename_then_die
+save_model(model(1), sys.argv[1])
+"""
+
+
+def test_a_checkpoint_replacement_killed_between_its_renames_loses_nothing(tmp_path):
+    """A checkpoint folder (best/) is replaced by moving the old one aside, then the new one in:
+    SIGKILL between the two renames leaves the old one aside. Loading reads it from there (changing
+    nothing: a writer may be mid-way); the next save puts it back, replaces it and tidies up."""
+    from gptoss.checkpoint import save_model
+
+    best = tmp_path / "best"
+    job = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_RENAMES, str(best)], cwd=REPO_ROOT, timeout=120)
+    assert job.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert not best.exists() and [p.name for p in tmp_path.glob(".best.old-*/*")] == ["best"]
+    model, _ = load_model(best)
+    torch.manual_seed(0)
+    first = GPT(model.config)  # the first save's weights (seed 0)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in first.state_dict().items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == left
+    save_model(model, best)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    assert all(torch.equal(load_model(best)[0].state_dict()[k], v) for k, v in first.state_dict().items())
 
 
 def test_compiled_model_checkpoint_loads_uncompiled_and_back(corpus, data_dir, tmp_path, monkeypatch):
