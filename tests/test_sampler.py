@@ -186,6 +186,39 @@ def test_training_windows_with_bpe_dropout_decode_to_corpus_text(bpe_and_text):
     assert torch.equal(again.batch(0, slice(8, 16))[0], x[8:])
 
 
+@pytest.fixture(scope="module")
+def bpe_tokens(bpe_and_text):
+    bpe, text = bpe_and_text
+    return np.asarray(bpe.encode(text[:60_000]), dtype=np.uint16)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seq_len=st.integers(8, 64),
+    start=st.integers(1, 64),
+    warmup=st.integers(0, 30),
+    step=st.integers(0, 40),
+    keep_tokens=st.booleans(),
+    random_offsets=st.booleans(),
+    difficulty=st.integers(0, 20),
+    dropout=st.sampled_from([0.0, 0.3]),
+    granularity=st.sampled_from([1, 2, 4]),
+)
+def test_bpe_batches_with_every_option_never_exceed_the_configured_length(
+    bpe_and_text, bpe_tokens, seq_len, start, warmup, step, keep_tokens, random_offsets, difficulty, dropout, granularity
+):
+    """BPE-dropout re-encodes windows into more tokens: with it (and every other option, and
+    several processes x accumulation steps), a batch is still count x seq_len(step) <= seq_len."""
+    s = sampler(tokens=bpe_tokens, tokenizer=bpe_and_text[0], granularity=granularity, seq_len=seq_len,
+                seq_len_start=min(start, seq_len), seq_len_warmup_steps=warmup, seq_len_warmup_keep_tokens=keep_tokens,
+                random_offsets=random_offsets, difficulty_warmup_steps=difficulty, bpe_dropout=dropout)  # fmt: skip
+    count = s.windows_per_update(step)
+    x, y = s.batch(step, slice(None))
+    assert x.shape == y.shape == (count, s.seq_len(step)) and count % granularity == 0
+    assert 1 <= x.shape[1] <= seq_len
+    assert torch.equal(x[:, 1:], y[:, :-1]) and int(y.max()) < bpe_and_text[0].vocab_size
+
+
 def test_bpe_dropout_needs_a_bpe_tokenizer():
     with pytest.raises(ValueError, match="bpe_dropout needs tokenizer = \"bpe\""):
         sampler(bpe_dropout=0.1)
