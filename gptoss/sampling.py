@@ -93,9 +93,12 @@ def filter_logits(logits: torch.Tensor, options: SamplingOptions) -> torch.Tenso
     if options.top_p is not None and options.top_p < 1:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs  # (B, vocab): probability of the more likely tokens
-        # drop a token once the more likely ones already reach top_p; the first is always kept
-        drop_sorted = mass_before >= options.top_p
+        # drop a token once the more likely ones already reach top_p, i.e. once it and the less likely
+        # ones hold at most 1 - top_p: that mass summed from the least likely up stays exact for a
+        # top_p within float32 rounding of 1 (where 1 - mass of the more likely ones would not)
+        tail_mass = probs.flip(-1).cumsum(dim=-1).flip(-1)  # (B, vocab)
+        drop_sorted = tail_mass <= 1 - options.top_p
+        drop_sorted[:, 0] = False  # the most likely token is always kept
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), -math.inf)
     if options.min_p is not None and options.min_p > 0:
         probs = logits.softmax(dim=-1)
