@@ -11,6 +11,7 @@ but unpublished, in `.NAME.tmp-*`). Nothing is lost: loading reads the old folde
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -45,7 +46,8 @@ def readable_directory(directory: str | Path) -> Path:
     directory = Path(directory)
     if directory.exists() or not directory.parent.is_dir():
         return directory
-    aside = sorted(directory.parent.glob(f".{directory.name}.old-*/{directory.name}"))
+    name = glob.escape(directory.name)
+    aside = sorted(directory.parent.glob(f".{name}.old-*/{name}"))
     return aside[-1] if aside else directory
 
 
@@ -55,7 +57,8 @@ def _finish_interrupted_replacement(directory: Path) -> None:
     old = readable_directory(directory)
     if old != directory:
         os.rename(old, directory)
-    for leftover in [*directory.parent.glob(f".{directory.name}.old-*"), *directory.parent.glob(f".{directory.name}.tmp-*")]:
+    name = glob.escape(directory.name)
+    for leftover in [*directory.parent.glob(f".{name}.old-*"), *directory.parent.glob(f".{name}.tmp-*")]:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
