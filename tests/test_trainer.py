@@ -192,6 +192,20 @@ def test_weight_decay_only_on_matrices(corpus, data_dir, tmp_path):
         assert ("transformer.wte.weight" in names) == decay_embeddings
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_the_logged_learning_rate_is_the_schedule_s(corpus, data_dir, tmp_path, schedule):
+    """Update k (the row of step k) runs at the schedule's rate for k - 1 updates done, as
+    LRSchedule computes it, and that is the rate the optimizer used."""
+    config = tiny_config(corpus, data_dir, tmp_path, schedule=schedule, max_steps=8, warmup_steps=3, min_lr=1e-4)
+    trainer = Trainer(config)
+    trainer.fit()
+    rows = [r for r in metrics(tmp_path) if r["lr"]]
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    expected = [config.lr_schedule()(step) for step in range(8)]
+    assert [float(r["lr"]) for r in rows] == pytest.approx(expected, rel=1e-6)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected[-1], rel=1e-12)
+
+
 def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(corpus, data_dir, tmp_path):
     trainer = Trainer(tiny_config(corpus, data_dir, tmp_path, checkpoint_every=2, max_steps=10))
     real_forward = trainer.model.forward
