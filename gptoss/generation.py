@@ -308,39 +308,47 @@ def scan_for_stop(text: str, stop_strings: Sequence[str]) -> tuple[int, bool]:
     return len(text) - held, False
 
 
+def settled_tokens(tokenizer, tokens: Sequence[int], safe_text: str) -> int:
+    """How many leading `tokens` have their text wholly inside `safe_text`, the start of their
+    decoded text (a token whose bytes end mid-character is not settled until the character is)."""
+    count = 0
+    while count < len(tokens) and safe_text.startswith(tokenizer.decode(tokens[: count + 1])):
+        count += 1
+    return count
+
+
 class StopStringWatcher:
     """Per sequence: which generated tokens may be emitted, given stop strings on the decoded text.
 
     A token is released once its text lies wholly in the safe part of the continuation (see
     scan_for_stop). When a stop string appears, generation of this sequence ends; the tokens whose
     text reaches into the stop string are never released.
+
+    Released text can never be where a stop string starts (it is neither one nor the start of one
+    that the next text could complete), so only the pending tokens are decoded at each step: the
+    work per token stays small however long the generation.
     """
 
     def __init__(self, tokenizer, stop_strings: Sequence[str]):
         self.tokenizer, self.stop_strings = tokenizer, stop_strings
-        self.tokens: list[int] = []
-        self.released = 0
+        self.pending: list[int] = []  # generated tokens not released yet
         self.stopped = False
 
     def push(self, token: int) -> list[int]:
         """Add one generated token; return the tokens that became safe to emit."""
-        self.tokens.append(token)
-        text = self.tokenizer.decode(self.tokens)
-        safe, self.stopped = scan_for_stop(text, self.stop_strings)
-        while safe > 0 and text[safe - 1] == REPLACEMENT_CHARACTER and not self.stopped:
-            safe -= 1  # an unfinished character: its next bytes may begin a stop string
-        safe_text = text[:safe]
-        start = self.released
-        while self.released < len(self.tokens) and safe_text.startswith(
-            self.tokenizer.decode(self.tokens[: self.released + 1])
-        ):
-            self.released += 1
-        return self.tokens[start : self.released]
+        self.pending.append(token)
+        text = self.tokenizer.decode(self.pending)
+        # an unfinished character at the end (decoded as U+FFFD for now) may complete a stop string,
+        # or begin one: scan the text before it, so that a stop string's start is held back there too
+        safe, self.stopped = scan_for_stop(text.rstrip(REPLACEMENT_CHARACTER), self.stop_strings)
+        released = settled_tokens(self.tokenizer, self.pending, text[:safe])
+        out, self.pending = self.pending[:released], self.pending[released:]
+        return out
 
     def flush(self) -> list[int]:
         """Release every held token: generation ended without completing a stop string."""
-        start, self.released = self.released, len(self.tokens)
-        return self.tokens[start:]
+        out, self.pending = self.pending, []
+        return out
 
 
 def check_stops(stop_token_ids: Iterable[int], stop_strings: Sequence[str], tokenizer, vocab_size: int) -> set[int]:
@@ -471,20 +479,21 @@ def stream_text(
     if not prompt:
         raise ValueError("the prompt is empty: give some text to continue")
     check_stops((), stop_strings, tokenizer, model.config.vocab_size)
-    tokens: list[int] = []
-    shown = 0
+    pending: list[int] = []  # tokens whose text is not all shown yet (see StopStringWatcher)
+    shown = 0  # characters of their text already yielded
     for step in stream(model, [tokenizer.encode(prompt)], max_new_tokens, tokenizer=tokenizer, **options):
-        tokens += step[0]
-        text = tokenizer.decode(tokens)
-        safe, stopped = scan_for_stop(text, stop_strings)
-        while safe > shown and text[safe - 1] == REPLACEMENT_CHARACTER and not stopped:
-            safe -= 1
+        pending += step[0]
+        text = tokenizer.decode(pending)
+        safe, stopped = scan_for_stop(text.rstrip(REPLACEMENT_CHARACTER), stop_strings)  # see StopStringWatcher
         if safe > shown:
             yield text[shown:safe]
             shown = safe
         if stopped:
             return
-    text = tokenizer.decode(tokens)
+        settled = settled_tokens(tokenizer, pending, text[:shown])  # shown in full: decode them no more
+        shown -= len(tokenizer.decode(pending[:settled]))
+        pending = pending[settled:]
+    text = tokenizer.decode(pending)
     if len(text) > shown:
         yield text[shown:]
 

@@ -5,6 +5,8 @@ import string
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import GPT2Config, GPT2LMHeadModel, GptOssConfig, GptOssForCausalLM
 
 from gptoss import GPT, GPTConfig
@@ -347,6 +349,37 @@ def test_no_token_is_released_while_its_character_is_unfinished(tokenizer_dir):
     ids = tokenizer.encode("a🙂b")  # [64, 8582, 25081, 65]
     watcher = StopStringWatcher(tokenizer, ["🙂"])
     assert [watcher.push(token) for token in ids[:3]] == [[ids[0]], [], []] and watcher.stopped
+
+
+@pytest.fixture(scope="module")
+def gpt2_tokenizer():
+    from conftest import shared_data_path
+
+    return build_tokenizer("gpt2", files_dir=shared_data_path("tokenizers/encoder.json").parent)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet="ab é🙂\n", max_size=30), stop=st.text(alphabet="ab é🙂\n", min_size=1, max_size=3))
+def test_stop_string_watcher_releases_exactly_the_tokens_before_the_stop(gpt2_tokenizer, text, stop):
+    """Fed GPT-2 BPE tokens one at a time (multi-byte characters split across tokens), the watcher
+    releases every token whose text lies wholly before the first stop string and no other; without
+    a stop string, every token, once flushed."""
+    from gptoss.generation import StopStringWatcher
+
+    ids = gpt2_tokenizer.encode(text)
+    watcher = StopStringWatcher(gpt2_tokenizer, [stop])
+    released = []
+    for token in ids:
+        released += watcher.push(token)
+        if watcher.stopped:
+            break
+    if stop not in text:
+        assert not watcher.stopped and released + watcher.flush() == ids
+        return
+    before = text[: text.index(stop)]
+    assert watcher.stopped
+    assert before.startswith(gpt2_tokenizer.decode(released))
+    assert not before.startswith(gpt2_tokenizer.decode(ids[: len(released) + 1]))
 
 
 def test_generation_stats_of_a_reused_object_start_over(model):
