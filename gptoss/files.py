@@ -47,16 +47,18 @@ def readable_directory(directory: str | Path) -> Path:
     if directory.exists() or not directory.parent.is_dir():
         return directory
     name = glob.escape(directory.name)
-    aside = sorted(directory.parent.glob(f".{name}.old-*/{name}"))
-    return aside[-1] if aside else directory
+    aside = list(directory.parent.glob(f".{name}.old-*/{name}"))
+    return max(aside, key=lambda path: path.parent.stat().st_mtime) if aside else directory  # the latest
 
 
 def _finish_interrupted_replacement(directory: Path) -> None:
     """Move back the old folder a killed replacement left aside, and delete that replacement's
-    unpublished new folder: the state before it, for the write that follows."""
+    unpublished new folder: the state before it, for the write that follows. Nothing to do (and
+    nothing deleted) unless there was such a replacement."""
     old = readable_directory(directory)
-    if old != directory:
-        os.rename(old, directory)
+    if old == directory:
+        return
+    os.rename(old, directory)
     name = glob.escape(directory.name)
     for leftover in [*directory.parent.glob(f".{name}.old-*"), *directory.parent.glob(f".{name}.tmp-*")]:
         shutil.rmtree(leftover, ignore_errors=True)

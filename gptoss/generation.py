@@ -309,12 +309,18 @@ def scan_for_stop(text: str, stop_strings: Sequence[str]) -> tuple[int, bool]:
 
 
 def settled_tokens(tokenizer, tokens: Sequence[int], safe_text: str) -> int:
-    """How many leading `tokens` have their text wholly inside `safe_text`, the start of their
-    decoded text (a token whose bytes end mid-character is not settled until the character is)."""
-    count = 0
-    while count < len(tokens) and safe_text.startswith(tokenizer.decode(tokens[: count + 1])):
-        count += 1
-    return count
+    """The most leading `tokens` whose text lies wholly inside `safe_text`, the start of their
+    decoded text. A token that ends mid-character decodes to U+FFFD on its own, so it settles
+    together with the token that finishes the character: every prefix is tried, not only up to the
+    first that fails."""
+    settled = 0
+    for count in range(1, len(tokens) + 1):
+        text = tokenizer.decode(tokens[:count])
+        if len(text) > len(safe_text) + 1:  # past it (+1: an unfinished character shows as one U+FFFD)
+            break
+        if safe_text.startswith(text):
+            settled = count
+    return settled
 
 
 class StopStringWatcher:

@@ -102,14 +102,16 @@ class Tokenizer(ABC):
     def _checked_ids(self, ids: Sequence[int] | np.ndarray) -> list[int]:
         if hasattr(ids, "tolist"):  # numpy arrays and torch tensors
             ids = ids.tolist()
-        try:  # numpy integers are ints too; floats, and the lists of a 2-D input, are not
-            ids = [operator.index(i) for i in ids]
-        except TypeError:
-            bad = next(i for i in ids if not hasattr(i, "__index__"))
-            raise ValueError(
-                f"cannot decode {bad!r}: ids must be ints in range({self.vocab_size}) for this {self.kind} "
-                "tokenizer (a flat sequence of them)"
-            ) from None
+        checked = []
+        for i in ids:  # numpy integers are ints too; floats, and the lists of a 2-D input, are not
+            try:
+                checked.append(operator.index(i))
+            except TypeError:
+                raise ValueError(
+                    f"cannot decode {i!r}: ids must be ints in range({self.vocab_size}) for this {self.kind} "
+                    "tokenizer (a flat sequence of them)"
+                ) from None
+        ids = checked
         if ids and not (0 <= min(ids) and max(ids) < self.vocab_size):
             raise ValueError(
                 f"cannot decode ids from {min(ids)} to {max(ids)}: ids must be ints in "

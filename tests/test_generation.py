@@ -374,12 +374,14 @@ def test_stop_string_watcher_releases_exactly_the_tokens_before_the_stop(gpt2_to
         if watcher.stopped:
             break
     if stop not in text:
-        assert not watcher.stopped and released + watcher.flush() == ids
+        held = watcher.flush()  # at most a possible start of the stop string (<= 4 byte tokens a character)
+        assert not watcher.stopped and released + held == ids and len(held) <= 4 * len(stop)
         return
     before = text[: text.index(stop)]
     assert watcher.stopped
     assert before.startswith(gpt2_tokenizer.decode(released))
-    assert not before.startswith(gpt2_tokenizer.decode(ids[: len(released) + 1]))
+    more = range(len(released) + 1, len(ids) + 1)  # no longer run of tokens lies wholly before the stop
+    assert not any(before.startswith(gpt2_tokenizer.decode(ids[:k])) for k in more)
 
 
 def test_generation_stats_of_a_reused_object_start_over(model):
