@@ -485,6 +485,19 @@ class ScriptedModel(GPT):
         return scripted
 
 
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(alphabet="ab é🙂\n", min_size=1, max_size=20), stop=st.text(alphabet="ab é🙂\n", min_size=1, max_size=3))
+def test_stream_text_ends_exactly_before_the_first_stop_string(gpt2_tokenizer, text, stop):
+    """A model scripted to write `text` (GPT-2 BPE: multi-byte characters split across tokens):
+    stream_text shows exactly the text before the first stop string, or all of it."""
+    ids = gpt2_tokenizer.encode(text)
+    config = GPTConfig.preset("tiny", vocab_size=gpt2_tokenizer.vocab_size, d_model=16, num_layers=1, num_heads=2,
+                              d_ff=32, max_seq_len=64)  # fmt: skip
+    model = ScriptedModel(config, ids).eval()
+    shown = "".join(stream_text(model, gpt2_tokenizer, "x", len(ids), stop_strings=[stop], temperature=0))
+    assert shown == (text[: text.index(stop)] if stop in text else text)
+
+
 @pytest.fixture
 def harmony(tokenizer_dir, monkeypatch):
     from gptoss.chat import HarmonyFormat
