@@ -53,29 +53,34 @@ def test_seq_len_schedule_off_is_the_full_length():
     assert SeqLenSchedule(start=32, final=128, warmup_steps=0)(0) == 128
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    seq_len=st.integers(8, 96),
-    start=st.integers(1, 96),
-    warmup=st.integers(0, 50),
-    step=st.integers(0, 80),
-    keep_tokens=st.booleans(),
-    random_offsets=st.booleans(),
-    difficulty=st.integers(0, 30),
-)
-def test_batches_never_exceed_the_configured_length(seq_len, start, warmup, step, keep_tokens, random_offsets, difficulty):
-    start = min(start, seq_len)
-    s = sampler(seq_len=seq_len, seq_len_start=start, seq_len_warmup_steps=warmup, seq_len_warmup_keep_tokens=keep_tokens,
-                random_offsets=random_offsets, difficulty_warmup_steps=difficulty)  # fmt: skip
+# the curriculum options a batch depends on (the length warmup's start capped at seq_len)
+curricula = st.fixed_dictionaries(
+    {"seq_len": st.integers(8, 96), "seq_len_start": st.integers(1, 96), "seq_len_warmup_steps": st.integers(0, 50),
+     "seq_len_warmup_keep_tokens": st.booleans(), "random_offsets": st.booleans(),
+     "difficulty_warmup_steps": st.integers(0, 30)}  # fmt: skip
+).map(lambda options: options | {"seq_len_start": min(options["seq_len_start"], options["seq_len"])})
+
+
+def checked_batch(s: WindowSampler, step: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampler's batch at `step`, checked: windows_per_update(step) windows of seq_len(step) <=
+    seq_len tokens, targets the inputs shifted by one."""
     count = s.windows_per_update(step)
     x, y = s.batch(step, slice(None))
     assert x.shape == y.shape == (count, s.seq_len(step))
     assert 1 <= x.shape[1] <= seq_len
-    if keep_tokens:  # batch_size x seq_len tokens, give or take less than one window
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    return x, y
+
+
+@settings(max_examples=60, deadline=None)
+@given(options=curricula, step=st.integers(0, 80))
+def test_batches_never_exceed_the_configured_length(options, step):
+    x, y = checked_batch(sampler(**options), step, options["seq_len"])
+    seq_len = options["seq_len"]
+    if options["seq_len_warmup_keep_tokens"]:  # batch_size x seq_len tokens, give or take less than one window
         assert 4 * seq_len <= x.numel() < 4 * seq_len + x.shape[1]
     else:
-        assert count == 4
-    assert torch.equal(x[:, 1:], y[:, :-1])
+        assert x.shape[0] == 4
     assert torch.equal(x + 1, y)  # consecutive tokens of the text: a window never jumps
     assert y.max() < len(TOKENS)
 
@@ -193,30 +198,16 @@ def bpe_tokens(bpe_and_text):
 
 
 @settings(max_examples=25, deadline=None)
-@given(
-    seq_len=st.integers(8, 64),
-    start=st.integers(1, 64),
-    warmup=st.integers(0, 30),
-    step=st.integers(0, 40),
-    keep_tokens=st.booleans(),
-    random_offsets=st.booleans(),
-    difficulty=st.integers(0, 20),
-    dropout=st.sampled_from([0.0, 0.3]),
-    granularity=st.sampled_from([1, 2, 4]),
-)
+@given(options=curricula, step=st.integers(0, 40), dropout=st.sampled_from([0.0, 0.3]), granularity=st.sampled_from([1, 2, 4]))
 def test_bpe_batches_with_every_option_never_exceed_the_configured_length(
-    bpe_and_text, bpe_tokens, seq_len, start, warmup, step, keep_tokens, random_offsets, difficulty, dropout, granularity
+    bpe_and_text, bpe_tokens, options, step, dropout, granularity
 ):
     """BPE-dropout re-encodes windows into more tokens: with it (and every other option, and
     several processes x accumulation steps), a batch is still count x seq_len(step) <= seq_len."""
-    s = sampler(tokens=bpe_tokens, tokenizer=bpe_and_text[0], granularity=granularity, seq_len=seq_len,
-                seq_len_start=min(start, seq_len), seq_len_warmup_steps=warmup, seq_len_warmup_keep_tokens=keep_tokens,
-                random_offsets=random_offsets, difficulty_warmup_steps=difficulty, bpe_dropout=dropout)  # fmt: skip
-    count = s.windows_per_update(step)
-    x, y = s.batch(step, slice(None))
-    assert x.shape == y.shape == (count, s.seq_len(step)) and count % granularity == 0
-    assert 1 <= x.shape[1] <= seq_len
-    assert torch.equal(x[:, 1:], y[:, :-1]) and int(y.max()) < bpe_and_text[0].vocab_size
+    bpe = bpe_and_text[0]
+    s = sampler(tokens=bpe_tokens, tokenizer=bpe, granularity=granularity, bpe_dropout=dropout, **options)
+    x, y = checked_batch(s, step, options["seq_len"])
+    assert x.shape[0] % granularity == 0 and int(y.max()) < bpe.vocab_size
 
 
 def test_bpe_dropout_needs_a_bpe_tokenizer():
