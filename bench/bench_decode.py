@@ -92,13 +92,13 @@ def bytes_per_step(preset: str, batch: int, dtype: torch.dtype, context: float) 
 
 def matrix_vector_table() -> list[str]:
     """Markdown rows: one decoding step's worth of GPT-2 small's matrix-vector products (its 49
-    linear weights, random, in the model's order), at batch 1: as F.linear does them, as
-    InferenceLinear's two paths do them (oneDNN on the packed copy; fp32 per-thread row blocks),
-    and torch.sum over the same weights; best of 5."""
+    linear weights, random, in the model's order), at batch 1: as F.linear does them, as oneDNN
+    does them on a packed copy, as the C kernel does them on its tiles (fp32 only), and torch.sum
+    over the same weights; best of 5."""
     import torch.nn as nn
 
+    from gptoss import cpu_kernel
     from gptoss.config import GPTConfig
-    from gptoss.generation import InferenceLinear, prepare_for_inference
     from gptoss.model import GPT
 
     model = GPT(GPTConfig.preset("gpt2-small"), device="meta")
@@ -115,13 +115,16 @@ def matrix_vector_table() -> list[str]:
         with torch.no_grad():
             plain = best_of_5(lambda layer, x: layer(x))
             summed = best_of_5(lambda layer, x: layer.weight.sum())
-            prepare_for_inference(layers)
-            onednn = best_of_5(lambda layer, x: InferenceLinear.forward_onednn(layer, x))
-            blocks = best_of_5(lambda layer, x: layer.matrix_vector(x)) if dtype == torch.float32 else None
+            packed = {layer: torch.ops.mkldnn._reorder_linear_weight(layer.weight, 1) for layer in layers}
+            onednn = best_of_5(lambda layer, x: torch.ops.mkldnn._linear_pointwise(x, packed[layer], layer.bias, "none", [], ""))
+            kernel = None
+            if dtype == torch.float32 and cpu_kernel.library() is not None:
+                tiles = {layer: cpu_kernel.pack_tiles(layer.weight) for layer in layers}
+                kernel = best_of_5(lambda layer, x: cpu_kernel.linear(x, tiles[layer], layer.bias, layer.out_features))
         rate = lambda seconds: f"{seconds * 1e3:.1f} ms ({nbytes / seconds / 1e9:.0f} GB/s)" if seconds else "-"  # noqa: E731
         rows.append(
             f"| {str(dtype).removeprefix('torch.')} | {nbytes / 1e6:.0f} MB | {rate(plain)} | {rate(onednn)} "
-            f"| {rate(blocks)} | {rate(summed)} |"
+            f"| {rate(kernel)} | {rate(summed)} |"
         )
     return rows
 
@@ -230,7 +233,7 @@ def main() -> None:
     print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}; read bandwidth (torch.sum over 512 MiB) "
           f"{bandwidth / 1e9:.1f} GB/s\n")
     print("One decoding step of GPT-2 small's matrix-vector products (its 49 linear weights):\n")
-    print("| dtype | weights | F.linear | oneDNN, packed | row blocks, one per thread | torch.sum of the weights |")
+    print("| dtype | weights | F.linear | oneDNN, packed | C kernel, tiles | torch.sum of the weights |")
     print("|---|---|---|---|---|---|")
     print("\n".join(matrix_vector_table()))
     print(f"\nGeneration: prompt {args.prompt_length} random tokens, {args.new_tokens} new, greedy\n")

@@ -6,10 +6,11 @@ Each row measures, one right after the other (so all see the same load from the 
 neighbours), the best of 5 of:
 
 - step: ms per token of `generate` after prepare_for_inference (t(65 tokens) - t(1)) / 64;
-- rest: the same with every InferenceLinear's matrix-vector product replaced by a preallocated
-  zero output, i.e. everything but the weight reads: attention over the cache, norms, GELU, Python;
+- rest: the same with every InferenceLinear's product (the C kernel's, cpu_kernel.linear) replaced
+  by a preallocated zero output, i.e. everything but the weight reads: attention over the cache,
+  norms, GELU, Python;
 - linears: the 49 InferenceLinear layers called one after the other on a random vector, as the
-  step calls them (Python included), and bmm: the same products as bare torch.bmm/baddbmm calls;
+  step calls them (Python included), and kernel: the same products as bare cpu_kernel.linear calls;
 - sum: torch.sum over a copy of the same weights, the machine's read speed at that moment.
 
 GB/s = 494 MB of linear weights / time. The machine is shared: rows differ with the load, and a
@@ -23,6 +24,7 @@ import time
 
 import torch
 
+from gptoss import cpu_kernel
 from gptoss.config import GPTConfig
 from gptoss.generation import InferenceLinear, generate, prepare_for_inference
 from gptoss.model import GPT
@@ -42,6 +44,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20)
     args = parser.parse_args()
 
+    if cpu_kernel.library() is None:
+        raise SystemExit("this bench times the C kernel, which could not be built here (see the warning)")
     torch.manual_seed(0)
     model = prepare_for_inference(GPT(GPTConfig.preset("gpt2-small", dropout=0.0)))
     prompt = torch.randint(0, model.config.vocab_size, (1, 128))
@@ -59,36 +63,31 @@ def main() -> None:
         for layer in linears:
             layer(vectors[layer.in_features])
 
-    def bare_bmm():
+    def bare_kernel():
         for layer in linears:
-            blocks, _, size = layer.row_blocks.shape
-            vector = vectors[size].as_strided((blocks, size, 1), (0, 1, size))
-            if layer.bias_blocks is None:
-                torch.bmm(layer.row_blocks, vector)
-            else:
-                torch.baddbmm(layer.bias_blocks, layer.row_blocks, vector)
+            cpu_kernel.linear(vectors[layer.in_features], layer.tiles, layer.bias, layer.out_features)
 
-    zeros = {id(layer): torch.zeros(layer.out_features) for layer in linears}
-    real_product = InferenceLinear.matrix_vector
+    zeros = {layer.out_features: torch.zeros(1, 1, layer.out_features) for layer in linears}
+    real_product = cpu_kernel.linear
 
-    def no_product(layer, x):
-        return zeros[id(layer)].view(*x.shape[:-1], layer.out_features)
+    def no_product(x, tiles, bias, out_features):  # decoding steps only; the prompt's prefill as usual
+        return zeros[out_features] if x.numel() == x.shape[-1] else real_product(x, tiles, bias, out_features)
 
     print(f"GPT-2 small, batch 1, fp32, {torch.get_num_threads()} threads; {len(linears)} linear weights, {nbytes / 1e6:.0f} MB\n")
-    print("| step ms | rest ms | linears ms (GB/s) | bmm ms (GB/s) | sum ms (GB/s) | step - rest ms |")
+    print("| step ms | rest ms | linears ms (GB/s) | kernel ms (GB/s) | sum ms (GB/s) | step - rest ms |")
     print("|---|---|---|---|---|---|")
     rate = lambda seconds: f"{seconds * 1e3:.2f} ({nbytes / seconds / 1e9:.1f})"  # noqa: E731
     with torch.inference_mode():
         generate(model, prompt, 4, temperature=0)  # warm-up (packing, allocations)
         for _ in range(args.rows):
             step = step_ms()
-            InferenceLinear.matrix_vector = no_product
+            cpu_kernel.linear = no_product
             try:
                 rest = step_ms()
             finally:
-                InferenceLinear.matrix_vector = real_product
-            linear, bmm, summed = best_of(call_linears), best_of(bare_bmm), best_of(weights.sum)
-            print(f"| {step * 1e3:.2f} | {rest * 1e3:.2f} | {rate(linear)} | {rate(bmm)} | {rate(summed)} | {(step - rest) * 1e3:.2f} |",
+                cpu_kernel.linear = real_product
+            linear, kernel, summed = best_of(call_linears), best_of(bare_kernel), best_of(weights.sum)
+            print(f"| {step * 1e3:.2f} | {rest * 1e3:.2f} | {rate(linear)} | {rate(kernel)} | {rate(summed)} | {(step - rest) * 1e3:.2f} |",
                   flush=True)  # fmt: skip
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gptoss.files import write_file_atomically, write_text_atomically
+from gptoss.files import cache_dir, write_file_atomically, write_text_atomically
 from gptoss.tokenizers import (
     ENCODE_PIECE_CHARS,
     KINDS,
@@ -151,11 +151,6 @@ def shakespeare_path(local_copy: str | Path | None = None) -> Path:
         f"{SHAKESPEARE_RELATIVE_PATH}, or pass the file's path as the corpus"
     )
     return download(SHAKESPEARE_URL, cached, SHAKESPEARE_SHA256, how_to_supply)
-
-
-def cache_dir() -> Path:
-    """Where downloads are kept: `$GPTOSS_CACHE`, else `~/.cache/gptoss`."""
-    return Path(os.environ.get("GPTOSS_CACHE") or Path.home() / ".cache" / "gptoss")
 
 
 def download(url: str, destination: Path, sha256: str, how_to_supply: str) -> Path:

@@ -19,6 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def cache_dir() -> Path:
+    """Where downloads and built kernels are kept: `$GPTOSS_CACHE`, else `~/.cache/gptoss`."""
+    return Path(os.environ.get("GPTOSS_CACHE") or Path.home() / ".cache" / "gptoss")
+
+
 def write_file_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call write(tmp) to fill a temporary file beside `path` (same suffix, for writers that go by
     it), then rename it over `path`."""

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gptoss import cpu_kernel
 from gptoss.devices import DEVICE_HELP, resolve_device
 from gptoss.sampling import SamplingOptions, sample_next
 
@@ -49,67 +50,41 @@ class InferenceLinear(nn.Linear):
     Why: decoding one token multiplies a vector by every weight matrix, so its speed is the speed
     at which those matrices are read. F.linear reads them at about half the machine's bandwidth:
     in fp32 it calls MKL, whose matrix-vector product runs on one core; in bf16 it calls oneDNN,
-    which re-lays the weight at every call. Two faster paths (docs/inference.md has the numbers):
+    which re-lays the weight at every call. So the weight is laid out once, for reading, in a
+    copy (docs/inference.md has the numbers):
 
-    - one row of fp32 input (decoding at batch 1): the weight's rows are cut into one contiguous
-      block per thread, views of the weight (no copy), and torch.baddbmm multiplies the vector by
-      every block at once, one block per thread: each core streams its own part of the matrix.
-    - anything else (several rows, or bf16): oneDNN's inner product on a copy of the weight packed
-      once into oneDNN's preferred layout, which it reads on every core.
+    - fp32: the tiles of gptoss/cpu_kernel.c, whose C loop reads each thread's share of the
+      weight in one stream, at the memory's full speed, for one row of input or many;
+    - bf16, or fp32 where that kernel cannot be built (no C compiler): oneDNN's own layout, for
+      its inner product (at batch 1 it reads at ~60-80% of the memory's speed).
 
-    The costs: memory, the packed copy of each weight; and time, oneDNN's ~12-15 us more per call
-    than MKL's, which is why small weights are left alone (see MIN_PACKED_WEIGHT).
+    The costs: memory, the copy of each weight; and time, a few us more per call than F.linear,
+    which is why small weights are left alone (see MIN_PACKED_WEIGHT).
     """
 
     def pack(self) -> None:
-        """(Re)build the packed copy of the weight and the per-thread blocks of its rows."""
+        """(Re)build the copy of the weight laid out for reading: the C kernel's tiles (fp32, when
+        it is available), else oneDNN's layout."""
         weight = self.weight.detach()
-        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
-        blocks = torch.get_num_threads()
-        rows = self.out_features // blocks  # the last out_features % blocks rows are done apart
-        self.row_blocks = weight[: blocks * rows].view(blocks, rows, self.in_features)
-        self.bias_blocks = None if self.bias is None else self.bias.detach()[: blocks * rows].view(blocks, rows, 1)
-        self.leftover_rows = weight[blocks * rows :]  # (out_features % blocks, in_features)
-        self.packed_from = (weight.data_ptr(), self.weight._version, blocks)
+        use_kernel = weight.dtype == torch.float32 and cpu_kernel.library() is not None
+        self.tiles = cpu_kernel.pack_tiles(weight) if use_kernel else None
+        self.packed_weight = None if use_kernel else torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        self.packed_from = (weight.data_ptr(), self.weight._version)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # ~10 us of Python per call here, ~50 calls per decoding step: every attribute read counts
+        # ~5 us of Python per call here, ~50 calls per decoding step: every attribute read counts
         weight = self.weight
-        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != weight.dtype:
+        if torch.is_grad_enabled() or x.device.type != "cpu" or weight.device.type != "cpu" or x.dtype != weight.dtype:
             return F.linear(x, weight, self.bias)
-        if self.packed_from != (weight.data_ptr(), weight._version, torch.get_num_threads()):
-            self.pack()  # the weight was changed (trained, loaded, cast), or the thread count, since packing
-        if x.dtype == torch.float32 and x.numel() == self.in_features and x.stride(-1) == 1:
-            return self.matrix_vector(x)
-        return self.forward_onednn(x)
-
-    def forward_onednn(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., in_features) -> (..., out_features) by oneDNN on the packed copy of the weight."""
+        if self.packed_from != (weight.data_ptr(), weight._version):
+            self.pack()  # the weight was changed (trained, loaded, cast) since packing
+        if self.tiles is not None:
+            return cpu_kernel.linear(x, self.tiles, self.bias, self.out_features)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
-
-    def matrix_vector(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., in_features) holding one row, unit stride -> (..., out_features), one block of
-        rows per thread."""
-        blocks, rows, size = self.row_blocks.shape
-        # the same column vector for every block: strides (0, 1, in_features), as_strided's one op
-        # rather than reshape + mT + expand (with strides (0, 1, 1) torch.bmm misses BLAS: 4x slower)
-        vector = x.as_strided((blocks, size, 1), (0, 1, size))
-        out = x.new_empty(*x.shape[:-1], self.out_features)
-        flat = out.view(self.out_features)
-        blocks_out = flat[: blocks * rows].view(blocks, rows, 1)  # the blocks' rows, in order
-        if self.bias_blocks is None:
-            torch.bmm(self.row_blocks, vector, out=blocks_out)
-        else:
-            torch.baddbmm(self.bias_blocks, self.row_blocks, vector, out=blocks_out)
-        if len(self.leftover_rows):  # fewer rows than threads, in the same output (no torch.cat)
-            torch.mv(self.leftover_rows, x.view(size), out=flat[blocks * rows :])
-            if self.bias is not None:
-                flat[blocks * rows :] += self.bias[blocks * rows :]
-        return out
 
 
 # Weights smaller than this (elements) stay plain nn.Linear: reading them takes less time than
-# the faster paths' extra call overhead (a 768 x 768 fp32 matrix, 2.4 MB, takes ~90 us at 27 GB/s).
+# the packed paths' extra call overhead (a 768 x 768 fp32 matrix, 2.4 MB, takes ~90 us at 27 GB/s).
 MIN_PACKED_WEIGHT = 2**18
 
 
