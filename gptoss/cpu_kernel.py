@@ -128,14 +128,16 @@ def pack_tiles(weight: torch.Tensor) -> torch.Tensor:
 
 def linear(x: torch.Tensor, tiles: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
     """x (..., in_features), fp32 -> x @ weight.T + bias (..., out_features), from the tiles of
-    `weight` (pack_tiles)."""
+    `weight` (pack_tiles); bias (out_features,), fp32, or None. Wrong sizes, dtypes or devices
+    raise ValueError: the C loop would read out of bounds."""
     count, in_features, _ = tiles.shape
-    if x.shape[-1] != in_features or x.dtype != torch.float32 or x.device.type != "cpu":
+    if x.shape[-1] != in_features or x.dtype is not torch.float32 or not x.is_cpu:
         raise ValueError(f"input {tuple(x.shape)} {x.dtype} on {x.device}: the kernel takes fp32 CPU rows of {in_features}")
-    if not out_features <= count * TILE < out_features + TILE or (bias is not None and (bias.shape != (out_features,) or bias.device.type != "cpu")):
-        raise ValueError(f"out_features={out_features} and bias {None if bias is None else tuple(bias.shape)} do not fit tiles of {tuple(tiles.shape)}")
+    if not out_features <= count * TILE < out_features + TILE or (
+        bias is not None and (bias.shape != (out_features,) or bias.dtype is not torch.float32 or not bias.is_cpu or not bias.is_contiguous())
+    ):
+        raise ValueError(f"out_features={out_features} or the bias does not fit tiles of {tuple(tiles.shape)}")
     x = x.contiguous()
-    bias = None if bias is None else bias.detach().float().contiguous()
     out = x.new_empty(*x.shape[:-1], out_features)
     library().linear_f32(
         x.data_ptr(), x.numel() // in_features, tiles.data_ptr(), None if bias is None else bias.data_ptr(),

@@ -72,9 +72,9 @@ class InferenceLinear(nn.Linear):
         self.packed_from = (weight.data_ptr(), self.weight._version)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # ~5 us of Python per call here, ~50 calls per decoding step: every attribute read counts
+        # ~9 us a call in all (F.linear: ~5), ~50 calls per decoding step: every attribute read counts
         weight = self.weight
-        if torch.is_grad_enabled() or x.device.type != "cpu" or weight.device.type != "cpu" or x.dtype != weight.dtype:
+        if torch.is_grad_enabled() or not (x.is_cpu and weight.is_cpu) or x.dtype != weight.dtype:
             return F.linear(x, weight, self.bias)
         if self.packed_from != (weight.data_ptr(), weight._version):
             self.pack()  # the weight was changed (trained, loaded, cast) since packing

@@ -77,10 +77,9 @@ def test_mismatched_input_is_refused_not_read_out_of_bounds():
         cpu_kernel.linear(torch.randn(2, 9), tiles, None, 20)
     with pytest.raises(ValueError, match="rows of 8"):
         cpu_kernel.linear(torch.randn(2, 8, dtype=torch.float64), tiles, None, 20)
-    with pytest.raises(ValueError, match="do not fit"):
-        cpu_kernel.linear(torch.randn(2, 8), tiles, None, 40)
-    with pytest.raises(ValueError, match="do not fit"):
-        cpu_kernel.linear(torch.randn(2, 8), tiles, torch.randn(21), 20)
+    for out_features, bias in [(40, None), (20, torch.randn(21)), (20, torch.randn(20, dtype=torch.float64)), (20, torch.randn(40)[::2])]:
+        with pytest.raises(ValueError, match="does not fit"):
+            cpu_kernel.linear(torch.randn(2, 8), tiles, bias, out_features)
     with pytest.raises(ValueError, match="2-D fp32 CPU weight"):
         cpu_kernel.pack_tiles(torch.randn(20, 8, dtype=torch.bfloat16))
 
