@@ -84,6 +84,17 @@ def test_mismatched_input_is_refused_not_read_out_of_bounds():
         cpu_kernel.pack_tiles(torch.randn(20, 8, dtype=torch.bfloat16))
 
 
+def test_tiles_memory_is_zeroed_writable_and_outlives_its_mapping_object():
+    import gc
+
+    zeros = cpu_kernel.zeros_in_large_pages((3, 5, 16))
+    gc.collect()  # the mmap object is referenced by the tensor only
+    assert zeros.shape == (3, 5, 16) and zeros.dtype == torch.float32 and not zeros.any()
+    zeros += 1
+    assert zeros.sum() == 240
+    assert cpu_kernel.zeros_in_large_pages((0, 4, 16)).shape == (0, 4, 16)  # no mapping of 0 bytes
+
+
 @needs_compiler
 def test_kernel_is_built_once_then_loaded(fresh_build):
     assert cpu_kernel.library() is not None
