@@ -3,15 +3,16 @@
  * Decoding one token multiplies one row of activations by every weight matrix, so a step takes as
  * long as reading the weights from memory. BLAS's matrix-vector product reads a row-major w at
  * ~80% of the memory's speed here; this layout lets each thread read its share of w front to
- * back in one contiguous run, at the speed of a plain sum over the same bytes.
+ * back in one contiguous run, at 86-100% of the speed of a plain sum over the same bytes
+ * (docs/inference.md).
  *
  * The layout, "tiles" (made by gptoss/cpu_kernel.py): the rows of w (the output features) in
  * groups of TILE; tile t holds its TILE rows column by column, tile[k * TILE + j] =
  * w[t * TILE + j][k], the last tile's missing rows zero. One pass over a tile gives its TILE
- * outputs for ROWS rows of x at once: for each k, one contiguous vector of TILE weights times
- * x[r][k], for each of the ROWS rows. Several rows of x (a batch, or a prompt) share each read of
+ * outputs for X_ROWS rows of x at once: for each k, one contiguous vector of TILE weights times
+ * x[r][k], for each of the X_ROWS rows. Several rows of x (a batch, or a prompt) share each read of
  * the tile, and the tile (TILE x in_features weights, at most a few hundred KB) stays in cache
- * across the groups of ROWS rows.
+ * across the groups of X_ROWS rows.
  *
  * fp32 only: for bf16 weights, converting each to fp32 makes this loop slower than oneDNN's bf16
  * dot products as soon as x has several rows, so InferenceLinear leaves bf16 to oneDNN.
@@ -26,32 +27,33 @@
 #endif
 
 #define TILE 16  /* output features per tile: one 512-bit vector of fp32 */
-#define ROWS 4   /* rows of x per pass over a tile, when there are that many */
-#define CHAINS 4 /* for one row of x: independent running sums, so that several multiply-adds
-                    are in flight at once rather than each waiting for the last */
+#define X_ROWS 4 /* rows of x per pass over a tile, when there are that many */
+#define CHAINS 4 /* for a single row of x: independent running sums, so that several multiply-adds
+                    are in flight at once rather than each waiting for the last (X_ROWS rows
+                    already give X_ROWS independent sums) */
 
-const long tile_rows = TILE; /* read by cpu_kernel.py, which lays out the tiles */
+const long tile_outputs = TILE; /* read by cpu_kernel.py, which lays out the tiles */
 
-/* The TILE outputs of one tile (output features first .. first + width - 1) for ROWS rows of x,
- * into y's rows (y_stride floats apart); the ROWS x TILE sums stay in vector registers. */
-static inline void rows_times_tile(const float *x, const float *tile, const float *bias, float *y,
+/* The TILE outputs of one tile (output features first .. first + width - 1) for X_ROWS rows of x,
+ * into y's rows (y_stride floats apart); the X_ROWS x TILE sums stay in vector registers. */
+static inline void tile_times_x_rows(const float *x, const float *tile, const float *bias, float *y,
                                    long y_stride, long in_features, long first, long width) {
-    float sums[ROWS][TILE] = {{0}};
+    float sums[X_ROWS][TILE] = {{0}};
     for (long k = 0; k < in_features; k++)
-        for (long r = 0; r < ROWS; r++) {
+        for (long r = 0; r < X_ROWS; r++) {
             float x_rk = x[r * in_features + k];
 #pragma omp simd
             for (long j = 0; j < TILE; j++)
                 sums[r][j] += tile[k * TILE + j] * x_rk;
         }
-    for (long r = 0; r < ROWS; r++)
+    for (long r = 0; r < X_ROWS; r++)
         for (long j = 0; j < width; j++)
             y[r * y_stride + first + j] = sums[r][j] + (bias ? bias[first + j] : 0.0f);
 }
 
 /* The same for one row of x (decoding at batch 1 is all this): CHAINS sums, each over every
  * CHAINS-th k, added up at the end. */
-static inline void row_times_tile(const float *x, const float *tile, const float *bias, float *y,
+static inline void tile_times_one_x_row(const float *x, const float *tile, const float *bias, float *y,
                                   long in_features, long first, long width) {
     float sums[CHAINS][TILE] = {{0}};
     long k = 0;
@@ -62,7 +64,7 @@ static inline void row_times_tile(const float *x, const float *tile, const float
             for (long j = 0; j < TILE; j++)
                 sums[q][j] += tile[(k + q) * TILE + j] * x_k;
         }
-    for (; k < in_features; k++)
+    for (; k < in_features; k++) /* the last in_features % CHAINS columns, if any */
         for (long j = 0; j < TILE; j++)
             sums[0][j] += tile[k * TILE + j] * x[k];
     for (long j = 0; j < width; j++) {
@@ -76,7 +78,7 @@ static inline void row_times_tile(const float *x, const float *tile, const float
 /* x (m, in_features), row-major; the tiles of w (out_features, in_features); bias (out_features)
  * or NULL -> y (m, out_features), row-major; on `threads` threads (torch.get_num_threads()).
  * schedule(static) gives each thread one contiguous run of tiles: its one stream of memory. Each
- * tile meets every row of x: ROWS rows at a time, then the rows left over one by one. */
+ * tile meets every row of x: X_ROWS rows at a time, then the rows left over one by one. */
 void linear_f32(const float *x, long m, const float *tiles, const float *bias, float *y,
                 long out_features, long in_features, int threads) {
     long count = (out_features + TILE - 1) / TILE;
@@ -86,9 +88,9 @@ void linear_f32(const float *x, long m, const float *tiles, const float *bias, f
         long first = t * TILE;
         long width = out_features - first < TILE ? out_features - first : TILE; /* the last tile's real rows */
         long i = 0;
-        for (; i + ROWS <= m; i += ROWS)
-            rows_times_tile(x + i * in_features, tile, bias, y + i * out_features, out_features, in_features, first, width);
+        for (; i + X_ROWS <= m; i += X_ROWS)
+            tile_times_x_rows(x + i * in_features, tile, bias, y + i * out_features, out_features, in_features, first, width);
         for (; i < m; i++)
-            row_times_tile(x + i * in_features, tile, bias, y + i * out_features, in_features, first, width);
+            tile_times_one_x_row(x + i * in_features, tile, bias, y + i * out_features, in_features, first, width);
     }
 }

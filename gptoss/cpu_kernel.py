@@ -72,8 +72,8 @@ def _load(path: Path, command: list[str]) -> ctypes.CDLL:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_file_atomically(path, lambda tmp: _compile(command, tmp))
     lib = ctypes.CDLL(str(path))
-    if ctypes.c_long.in_dll(lib, "tile_rows").value != TILE:
-        raise RuntimeError(f"{path} has tiles of {ctypes.c_long.in_dll(lib, 'tile_rows').value} rows, cpu_kernel.py {TILE}")
+    if ctypes.c_long.in_dll(lib, "tile_outputs").value != TILE:
+        raise RuntimeError(f"{path} has tiles of {ctypes.c_long.in_dll(lib, 'tile_outputs').value} outputs a tile, cpu_kernel.py {TILE}")
     lib.linear_f32.restype = None
     lib.linear_f32.argtypes = [
         ctypes.c_void_p,  # x (m, in_features)
@@ -116,21 +116,23 @@ def _unavailable(reason: str) -> None:
 
 def pack_tiles(weight: torch.Tensor) -> torch.Tensor:
     """weight (out_features, in_features), fp32 on the CPU -> its copy in the kernel's layout
-    (tiles, in_features, TILE): tile t holds rows t*TILE... column by column, zero-padded."""
+    (tiles, in_features, TILE): tile t holds rows t*TILE to t*TILE + TILE - 1, column by column
+    (tiles[t, k, j] = weight[t*TILE + j, k]), the last tile zero-padded."""
     if weight.dim() != 2 or weight.dtype != torch.float32 or weight.device.type != "cpu":
         raise ValueError(f"the C kernel takes a 2-D fp32 CPU weight, got {tuple(weight.shape)} {weight.dtype} on {weight.device}")
     out_features, in_features = weight.shape
     weight = weight.detach()
     whole = out_features // TILE  # whole tiles; then a last one of the remaining rows, zero-padded
-    tiles = zeros_in_large_pages((-(-out_features // TILE), in_features, TILE))
+    tiles = zeros_in_large_pages(((out_features + TILE - 1) // TILE, in_features, TILE))
     tiles[:whole] = weight[: whole * TILE].reshape(whole, TILE, in_features).transpose(1, 2)
-    tiles[whole:, :, : out_features % TILE] = weight[whole * TILE :].T
+    if out_features % TILE:
+        tiles[whole, :, : out_features % TILE] = weight[whole * TILE :].T
     return tiles
 
 
 def zeros_in_large_pages(shape: tuple[int, ...]) -> torch.Tensor:
     """A zeroed fp32 tensor in a memory mapping of its own, asking the OS for 2 MB pages (the
-    tiles are made in these).
+    tiles are made in these; Linux gives them for the mapping's 2 MB-aligned stretches, most of it).
 
     Why, measured (docs/inference.md): GPT-2 small's tiles in PyTorch's memory read at ~38 GB/s
     at a quiet moment, in mappings of their own ~46, with 2 MB pages ~51 (`torch.sum`: ~59): a
@@ -138,30 +140,40 @@ def zeros_in_large_pages(shape: tuple[int, ...]) -> torch.Tensor:
     prefetcher stops, 512 times less often. Where anonymous mappings are not available, the usual
     allocator."""
     nbytes = math.prod(shape) * 4
+    if nbytes == 0:
+        return torch.zeros(shape)
     try:
         pages = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # zeroed by the OS
-    except (AttributeError, OSError, ValueError):  # no such mappings (Windows), or nbytes == 0
+    except (AttributeError, OSError):  # no such mappings (Windows)
         return torch.zeros(shape)
-    if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux; a hint, which a system without 2 MB pages ignores
-        pages.madvise(mmap.MADV_HUGEPAGE)
+    try:
+        pages.madvise(mmap.MADV_HUGEPAGE)  # Linux: a request, granted for the 2 MB-aligned stretches
+    except (AttributeError, OSError):  # no such request here (macOS), or a kernel without them
+        pass
     return torch.frombuffer(pages, dtype=torch.float32).view(shape)  # the tensor keeps `pages` open
 
 
 def linear(x: torch.Tensor, tiles: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
     """x (..., in_features), fp32 -> x @ weight.T + bias (..., out_features), from the tiles of
-    `weight` (pack_tiles); bias (out_features,), fp32, or None. Wrong sizes, dtypes or devices
-    raise ValueError: the C loop would read out of bounds."""
-    count, in_features, _ = tiles.shape
-    if x.shape[-1] != in_features or x.dtype is not torch.float32 or not x.is_cpu:
+    `weight` (pack_tiles; out_features is passed because the padded tiles do not record it); bias
+    (out_features,), fp32, or None. Wrong sizes, dtypes or devices raise ValueError: the C loop
+    would read out of bounds."""
+    count, in_features, tile = tiles.shape
+    if tiles.dtype is not torch.float32 or tile != TILE or not tiles.is_contiguous():
+        raise ValueError(f"tiles {tuple(tiles.shape)} {tiles.dtype}: not made by pack_tiles")
+    if x.dim() == 0 or x.shape[-1] != in_features or x.dtype is not torch.float32 or not x.is_cpu:
         raise ValueError(f"input {tuple(x.shape)} {x.dtype} on {x.device}: the kernel takes fp32 CPU rows of {in_features}")
-    if not out_features <= count * TILE < out_features + TILE or (
-        bias is not None and (bias.shape != (out_features,) or bias.dtype is not torch.float32 or not bias.is_cpu or not bias.is_contiguous())
-    ):
-        raise ValueError(f"out_features={out_features} or the bias does not fit tiles of {tuple(tiles.shape)}")
+    if not out_features <= count * TILE < out_features + TILE:
+        raise ValueError(f"out_features={out_features} does not fit tiles of {tuple(tiles.shape)}")
+    if bias is not None and (bias.shape != (out_features,) or bias.dtype is not torch.float32 or not bias.is_cpu or not bias.is_contiguous()):
+        raise ValueError(f"bias {tuple(bias.shape)} {bias.dtype} on {bias.device}: takes a contiguous fp32 CPU ({out_features},)")
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the C kernel is turned off or could not be built here (see cpu_kernel.library())")
     x = x.contiguous()
     out = x.new_empty(*x.shape[:-1], out_features)
-    library().linear_f32(
-        x.data_ptr(), x.numel() // in_features, tiles.data_ptr(), None if bias is None else bias.data_ptr(),
+    lib.linear_f32(
+        x.data_ptr(), math.prod(x.shape[:-1]), tiles.data_ptr(), None if bias is None else bias.data_ptr(),
         out.data_ptr(), out_features, in_features, torch.get_num_threads(),
     )  # fmt: skip
     return out

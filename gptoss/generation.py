@@ -54,7 +54,7 @@ class InferenceLinear(nn.Linear):
     copy (docs/inference.md has the numbers):
 
     - fp32: the tiles of gptoss/cpu_kernel.c, whose C loop reads each thread's share of the
-      weight in one stream, at the memory's full speed, for one row of input or many;
+      weight in one stream, close to the memory's speed, for one row of input or many;
     - bf16, or fp32 where that kernel cannot be built (no C compiler): oneDNN's own layout, for
       its inner product (at batch 1 it reads at ~60-80% of the memory's speed).
 
@@ -70,6 +70,11 @@ class InferenceLinear(nn.Linear):
         self.tiles = cpu_kernel.pack_tiles(weight) if use_kernel else None
         self.packed_weight = None if use_kernel else torch.ops.mkldnn._reorder_linear_weight(weight, 1)
         self.packed_from = (weight.data_ptr(), self.weight._version)
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave out the packed copy (derived, as large as the weight): the
+        first call rebuilds it."""
+        return {**self.__dict__, "tiles": None, "packed_weight": None, "packed_from": None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # ~9 us a call in all (F.linear: ~5), ~50 calls per decoding step: every attribute read counts

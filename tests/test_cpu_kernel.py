@@ -77,9 +77,13 @@ def test_mismatched_input_is_refused_not_read_out_of_bounds():
         cpu_kernel.linear(torch.randn(2, 9), tiles, None, 20)
     with pytest.raises(ValueError, match="rows of 8"):
         cpu_kernel.linear(torch.randn(2, 8, dtype=torch.float64), tiles, None, 20)
-    for out_features, bias in [(40, None), (20, torch.randn(21)), (20, torch.randn(20, dtype=torch.float64)), (20, torch.randn(40)[::2])]:
-        with pytest.raises(ValueError, match="does not fit"):
-            cpu_kernel.linear(torch.randn(2, 8), tiles, bias, out_features)
+    with pytest.raises(ValueError, match="does not fit"):
+        cpu_kernel.linear(torch.randn(2, 8), tiles, None, 40)
+    for bias in [torch.randn(21), torch.randn(20, dtype=torch.float64), torch.randn(40)[::2]]:
+        with pytest.raises(ValueError, match="bias"):
+            cpu_kernel.linear(torch.randn(2, 8), tiles, bias, 20)
+    with pytest.raises(ValueError, match="not made by pack_tiles"):
+        cpu_kernel.linear(torch.randn(2, 8), tiles.half(), None, 20)
     with pytest.raises(ValueError, match="2-D fp32 CPU weight"):
         cpu_kernel.pack_tiles(torch.randn(20, 8, dtype=torch.bfloat16))
 
@@ -93,6 +97,18 @@ def test_tiles_memory_is_zeroed_writable_and_outlives_its_mapping_object():
     zeros += 1
     assert zeros.sum() == 240
     assert cpu_kernel.zeros_in_large_pages((0, 4, 16)).shape == (0, 4, 16)  # no mapping of 0 bytes
+
+
+def test_tiles_memory_without_large_pages_or_mappings(monkeypatch):
+    """A kernel that refuses 2 MB pages, or a system without anonymous mappings: still zeros."""
+    monkeypatch.setattr(cpu_kernel.mmap, "MADV_HUGEPAGE", -1, raising=False)  # refused: EINVAL
+    assert not cpu_kernel.zeros_in_large_pages((2, 16)).any()
+
+    def no_mappings(*args, **kwargs):
+        raise OSError("no anonymous mappings")
+
+    monkeypatch.setattr(cpu_kernel.mmap, "mmap", no_mappings)
+    assert not cpu_kernel.zeros_in_large_pages((2, 16)).any()
 
 
 @needs_compiler
@@ -141,7 +157,7 @@ def test_a_compiler_error_is_reported(fresh_build, monkeypatch):
     assert not list(fresh_build.glob("*"))  # no half-written build
 
 
-def test_turned_off_by_environment(fresh_build, monkeypatch):
+def test_turned_off_by_environment(fresh_build, monkeypatch, recwarn):
     monkeypatch.setenv("GPTOSS_CPU_KERNEL", "0")
     assert cpu_kernel.library() is None
-    assert not fresh_build.exists()
+    assert not fresh_build.exists() and not recwarn.list  # chosen, so no warning

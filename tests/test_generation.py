@@ -148,6 +148,33 @@ def test_prepared_model_at_batch_1_gives_the_cached_logits_of_a_full_forward(mod
         torch.set_num_threads(previous)
 
 
+def test_prepared_model_copies_and_pickles_without_its_packed_copy(model, pack_every_linear, linear_path):
+    import copy
+    import pickle
+
+    fast = prepare_for_inference(random_model(model.config))
+    prompt = torch.randint(0, 97, (1, 5), generator=torch.Generator().manual_seed(7))
+    expected = generate(fast, prompt, 10, temperature=0)
+    weight_bytes = fast.lm_head.weight.numel() * 4
+    assert len(pickle.dumps(fast.lm_head)) < 1.5 * weight_bytes  # the weight, not the weight twice
+    for twin in (copy.deepcopy(fast), pickle.loads(pickle.dumps(fast))):
+        assert torch.equal(generate(twin, prompt, 10, temperature=0), expected)
+
+
+def test_bf16_and_casts_take_the_matching_path(model, pack_every_linear, linear_path):
+    """bf16 weights use oneDNN's copy; a prepared model cast to bf16 and back repacks each time."""
+    fast = prepare_for_inference(random_model(model.config), dtype=torch.bfloat16)
+    idx = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(8))
+    reference = random_model(model.config).to(torch.bfloat16)
+    reference.load_state_dict(fast.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fast(idx), reference(idx))
+        assert fast.lm_head.tiles is None and fast.lm_head.packed_weight is not None
+        fast.float()
+        torch.testing.assert_close(fast(idx), reference.float()(idx), rtol=1e-5, atol=1e-5)
+    assert (fast.lm_head.tiles is not None) == (linear_path == "C kernel")
+
+
 def test_small_weights_stay_plain_linear(model):
     """Below MIN_PACKED_WEIGHT, the packed paths' call overhead outweighs their faster reads."""
     prepared = prepare_for_inference(random_model(model.config))
