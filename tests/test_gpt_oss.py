@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from transformers import GptOssConfig, GptOssForCausalLM
 from transformers.models.gpt_oss.modeling_gpt_oss import (
@@ -458,6 +458,7 @@ def test_causality_of_every_layer_kind(kind, data):
 
 @settings(max_examples=50, deadline=None)
 @given(window=st.integers(1, 8), T=st.integers(2, 30), seed=st.integers(0, 2**31 - 1))
+@example(window=8, T=14, seed=10121)  # the edge key's weight is ~1e-7: the output moves by ~1e-6
 def test_sliding_layer_output_ignores_inputs_outside_the_window(window, T, seed):
     """A single sliding-window attention layer: its output at i is unchanged when every input
     before i - window + 1 changes, and does change when input i - window + 1 changes."""
@@ -480,7 +481,9 @@ def test_sliding_layer_output_ignores_inputs_outside_the_window(window, T, seed)
         if first >= 0:
             edge = x.clone()
             edge[:, first] += 1.0
-            assert not torch.allclose(attention(edge, positions, rope, None, True)[0, i], y)
+            # any change at all: the edge key's attention weight can be ~1e-7 (a change of ~1e-6
+            # in outputs of ~10, inside allclose's tolerance), where outside the window it is 0
+            assert not torch.equal(attention(edge, positions, rope, None, True)[0, i], y)
 
 
 @pytest.mark.parametrize("num_layers", [1, 3])
