@@ -72,8 +72,9 @@ def _load(path: Path, command: list[str]) -> ctypes.CDLL:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_file_atomically(path, lambda tmp: _compile(command, tmp))
     lib = ctypes.CDLL(str(path))
-    if ctypes.c_long.in_dll(lib, "tile_outputs").value != TILE:
-        raise RuntimeError(f"{path} has tiles of {ctypes.c_long.in_dll(lib, 'tile_outputs').value} outputs a tile, cpu_kernel.py {TILE}")
+    built_tile = ctypes.c_long.in_dll(lib, "tile_outputs").value
+    if built_tile != TILE:
+        raise RuntimeError(f"{path} has tiles of {built_tile} outputs, cpu_kernel.py of {TILE}")
     lib.linear_f32.restype = None
     lib.linear_f32.argtypes = [
         ctypes.c_void_p,  # x (m, in_features)
