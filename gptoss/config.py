@@ -11,6 +11,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from gptoss.util.checks import check_positive_int
+
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
 MLPS = ("gelu", "moe")
@@ -76,9 +78,7 @@ class GPTConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first bad value and what would be accepted."""
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+            check_positive_int(f"GPTConfig.{name}", getattr(self, name))
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.head_dim is None and self.d_model % self.num_heads:
@@ -86,10 +86,8 @@ class GPTConfig:
                 f"GPTConfig.d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads}), "
                 "or set head_dim explicitly"
             )
-        for name in ("num_kv_heads", "head_dim"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"GPTConfig.{name} must be None or a positive integer, got {value!r}")
+        for name in ("num_kv_heads", "head_dim", "sliding_window"):
+            check_positive_int(f"GPTConfig.{name}", getattr(self, name), optional=True)
         for name in ("norm_eps", "rope_theta"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"GPTConfig.{name} must be > 0, got {getattr(self, name)!r}")
@@ -102,8 +100,6 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.sliding_window_pattern not in ("even", "all"):
             raise ValueError(f"GPTConfig.sliding_window_pattern must be 'even' or 'all', got {self.sliding_window_pattern!r}")
-        if self.sliding_window is not None and (type(self.sliding_window) is not int or self.sliding_window < 1):
-            raise ValueError(f"GPTConfig.sliding_window must be None or an int >= 1, got {self.sliding_window!r}")
         if self.position == "rope" and self.head_size % 2:
             raise ValueError(f"rotary embeddings need an even head size, got {self.head_size}")
         if self.rope_scaling is not None:
@@ -115,9 +111,7 @@ class GPTConfig:
             fast, slow = self.rope_scaling["beta_fast"], self.rope_scaling["beta_slow"]
             if not fast > slow > 0:
                 raise ValueError(f"GPTConfig.rope_scaling needs beta_fast > beta_slow > 0 (rotations per context), got {fast!r} and {slow!r}")
-            original = self.rope_scaling["original_max_seq_len"]
-            if type(original) is not int or original < 1:
-                raise ValueError(f"GPTConfig.rope_scaling original_max_seq_len must be an int >= 1, got {original!r}")
+            check_positive_int("GPTConfig.rope_scaling original_max_seq_len", self.rope_scaling["original_max_seq_len"])
         if self.mlp == "moe" and not 1 <= self.experts_per_token <= self.num_experts:
             raise ValueError(
                 "a mixture of experts needs 1 <= experts_per_token <= num_experts, got "

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptoss.config import GPTConfig, yarn_concentration
-from gptoss.kv_cache import KVCache, LayerKVCache
+from gptoss.kv_cache import ChunkPlan, KVCache, LayerKVCache
 
 
 # ---------------------------------------------------------------------------------------- norms
@@ -108,6 +108,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 # ---------------------------------------------------------------------------------------- attention
+CAUSAL = "causal"  # an attention "mask" meaning plain causal attention, which the fused kernel builds itself
+
+
 def attention_mask(
     query_positions: torch.Tensor, key_positions: torch.Tensor, window: int | None
 ) -> torch.Tensor:
@@ -147,12 +150,17 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        positions: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
-        cache: LayerKVCache | None,
-        plain_causal: bool,
+        mask: torch.Tensor | str | None,
+        cache: LayerKVCache | None = None,
+        plan: ChunkPlan | None = None,
     ) -> torch.Tensor:
-        """x (B, T, d_model), positions (B, T) -> (B, T, d_model)."""
+        """x (B, T, d_model) -> (B, T, d_model).
+
+        mask: which keys each query sees, (B, 1, T, S) bool (GPT.layer_mask builds it once per kind
+        of layer), None (every key), or CAUSAL (plain causal, no sinks). cache, plan: this layer's
+        KV cache and the chunk's plan for its kind of layer (gptoss.kv_cache).
+        """
         B, T, _ = x.shape
         q, k, v = self.c_attn(x).split(
             [self.num_heads * self.head_size, self.kv_heads * self.head_size, self.kv_heads * self.head_size], dim=-1
@@ -163,22 +171,16 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
 
-        key_positions = positions
         if cache is not None:
-            k, v, key_positions = cache.update(k, v, positions)  # (B, Hkv, S, hs), (B, S)
+            k, v = cache.update(k, v, plan)  # (B, Hkv, S, hs)
 
         dropout = self.dropout if self.training else 0.0
-        if self.sinks is None and self.window is None and plain_causal and cache is None:
-            # the common training case: let the fused kernel build the causal mask itself
+        if mask is CAUSAL:  # the common training case: the fused kernel builds the causal mask itself
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=True)
+        elif self.sinks is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=True)
         else:
-            mask = None  # decoding one token with no padding or empty slot: every key kept is visible
-            if not (plain_causal and T == 1 and cache is not None and not cache.has_empty_slots):
-                mask = attention_mask(positions, key_positions, self.window)  # (B, 1, T, S)
-            if self.sinks is None:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=True)
-            else:
-                y = self.attend_with_sinks(q, k, v, mask, dropout)
+            y = self.attend_with_sinks(q, k, v, mask, dropout)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_size)
         return self.resid_dropout(self.c_proj(y))
 
@@ -257,10 +259,9 @@ class MixtureOfExperts(nn.Module):
         self.num_experts, self.top_k = config.num_experts, config.experts_per_token
         self.router = nn.Linear(config.d_model, config.num_experts)
         self.experts = Experts(config)
-        self.aux_loss: torch.Tensor | None = None  # load-balancing loss of the last forward
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, d_model) -> (B, T, d_model)."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, d_model) -> (B, T, d_model), and in training the load-balancing loss (else None)."""
         B, T, D = x.shape
         tokens = x.reshape(-1, D)  # (N, D)
         router_logits = self.router(tokens)  # (N, E)
@@ -272,6 +273,7 @@ class MixtureOfExperts(nn.Module):
         order = flat_experts.argsort(stable=True)
         token_index = order // self.top_k  # token of each sorted assignment
         weight = top_weights.flatten()[order, None]  # (N*k, 1)
+        # the one host read of a forward pass: the per-expert token counts size each expert's product
         counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()
 
         out = torch.zeros_like(tokens)
@@ -282,9 +284,8 @@ class MixtureOfExperts(nn.Module):
                 out.index_add_(0, rows, self.experts(tokens[rows], e) * weight[start : start + count])
                 start += count
 
-        if self.training:
-            self.aux_loss = self.load_balancing_loss(router_logits, counts)
-        return out.view(B, T, D)
+        aux_loss = self.load_balancing_loss(router_logits, counts) if self.training else None
+        return out.view(B, T, D), aux_loss
 
     def load_balancing_loss(self, router_logits: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """Switch-Transformer balance loss: E * sum_e (fraction of tokens routed to e) * (mean
@@ -307,9 +308,13 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MixtureOfExperts(config) if config.mlp == "moe" else FeedForward(config)
 
-    def forward(self, x, positions, rope, cache, plain_causal):
-        x = x + self.attn(self.ln_1(x), positions, rope, cache, plain_causal)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x, rope, mask, cache=None, plan=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, d_model) -> (B, T, d_model), and the MoE load-balancing loss (None without one)."""
+        x = x + self.attn(self.ln_1(x), rope, mask, cache, plan)
+        if isinstance(self.mlp, MixtureOfExperts):
+            out, aux_loss = self.mlp(self.ln_2(x))
+            return x + out, aux_loss
+        return x + self.mlp(self.ln_2(x)), None
 
 
 class GPT(nn.Module):
@@ -331,9 +336,14 @@ class GPT(nn.Module):
             )
             self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
             self.rotary = RotaryEmbedding(config) if config.position == "rope" else None
-        if config.tie_embeddings:
-            self.lm_head.weight = self.transformer.wte.weight
+        self.tie_weights()
         self.reset_parameters()
+
+    def tie_weights(self) -> None:
+        """Make the unembedding share the token embedding's matrix, when the config ties them (GPT-2).
+        Called again by whoever assigns new tensors to the model (loading, gathering shards)."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
 
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
@@ -358,7 +368,12 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def check_input(self, idx: torch.Tensor) -> None:
-        """Raise a clear TypeError/ValueError for ids that are not a valid (B, T) integer batch."""
+        """Raise a clear TypeError/ValueError for ids that are not a valid (B, T) integer batch.
+
+        The ids' range is checked here only for CPU tensors: reading an accelerator tensor's values
+        would make every forward pass wait for the device. There, ids are checked where they enter
+        (tokenizers only make valid ids; generate's prompts and train_model's data go through
+        check_id_range), and a bad one fails inside the embedding lookup."""
         if not isinstance(idx, torch.Tensor):
             raise TypeError(f"token ids must be a torch.Tensor of shape (batch, time), got {type(idx).__name__}")
         if idx.dtype not in (torch.long, torch.int32):
@@ -367,7 +382,8 @@ class GPT(nn.Module):
             raise ValueError(f"token ids must have shape (batch, time), got shape {tuple(idx.shape)}")
         if idx.numel() == 0:
             raise ValueError(f"token ids are empty (shape {tuple(idx.shape)}): give at least one token per sequence")
-        self._check_id_range(idx, "token id", 0, "the tokenizer does not match this model's vocab_size")
+        if idx.is_cpu:
+            self.check_id_range(idx)
 
     def check_targets(self, targets: torch.Tensor, shape) -> None:
         """Raise a clear TypeError/ValueError unless targets are (B, T) integer ids or -1 (ignored)."""
@@ -375,10 +391,15 @@ class GPT(nn.Module):
             raise TypeError("targets must be a torch.long (or torch.int32) tensor of next-token ids")
         if tuple(targets.shape) != tuple(shape):
             raise ValueError(f"targets must have the logits' shape {tuple(shape)} (batch, kept positions), got {tuple(targets.shape)}")
-        self._check_id_range(targets, "target id", -1, "-1 marks a position to ignore (not -100 as in transformers)")
+        if targets.is_cpu:  # (see check_input)
+            self.check_id_range(targets, "target id", -1, "-1 marks a position to ignore (not -100 as in transformers)")
 
-    def _check_id_range(self, ids: torch.Tensor, what: str, lowest: int, hint: str) -> None:
-        """Raise ValueError naming the first id outside [lowest, vocab_size), with `hint`."""
+    def check_id_range(
+        self, ids: torch.Tensor, what: str = "token id", lowest: int = 0,
+        hint: str = "the tokenizer does not match this model's vocab_size",
+    ) -> None:  # fmt: skip
+        """Raise ValueError naming the first id outside [lowest, vocab_size), with `hint`. Reads the
+        ids' values: on an accelerator, a wait for the device."""
         if ids.device.type == "meta" or ids.numel() == 0:
             return
         low, high = int(ids.min()), int(ids.max())
@@ -394,11 +415,15 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         padding_mask: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        return_aux_loss: bool = False,
     ):
         """Logits (B, T, vocab_size) for token ids (B, T).
 
-        targets (B, T): also return the mean next-token cross-entropy, as (logits, loss); ids of -1
-        are ignored. cache: continue from (and extend) a KVCache. padding_mask (B, T) bool: False
+        targets (B, T): also return the loss, as (logits, loss): the mean next-token cross-entropy
+        (ids of -1 are ignored), plus, for a mixture of experts in training, router_aux_loss_coef
+        times its load-balancing loss (`objective`). return_aux_loss: return the two terms apart
+        instead, (logits, cross_entropy, aux_loss), aux_loss None when there is none (a trainer
+        logs them apart). cache: continue from (and extend) a KVCache. padding_mask (B, T) bool: False
         marks padding, which no token attends to; with a cache, only left padding of the first chunk
         (batched prompts of different lengths), since ring buffers drop their oldest columns.
         logits_to_keep: compute logits for the last n positions only, (B, n, vocab_size) (0: all);
@@ -424,25 +449,50 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(positions.clamp(min=0))
         x = self.transformer.drop(x)
         rope = self.rotary(positions.clamp(min=0)) if self.rotary is not None else None
-        if cache is not None and padding_mask is not None:
-            cache.has_padding = True  # its padding slots must stay hidden from every later token
+        plans = cache.begin_chunk(positions, padding_mask is not None) if cache is not None else {}
         # no padding, now or in the cache: every row's positions run on from the same start
         plain_causal = padding_mask is None and (cache is None or not cache.has_padding)
+        masks = {}  # one per kind of layer: (its window, its kind of cache)
+        aux_losses = []
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, positions, rope, cache.layers[layer] if cache is not None else None, plain_causal)
-        if cache is not None:
-            cache.advance(positions)
+            kind = cache.layer_kinds[layer] if cache is not None else None
+            if (block.attn.window, kind) not in masks:
+                masks[block.attn.window, kind] = self.layer_mask(positions, plans.get(kind), block.attn.window, plain_causal)
+            layer_cache = cache.layers[layer] if cache is not None else None
+            x, aux_loss = block(x, rope, masks[block.attn.window, kind], layer_cache, plans.get(kind))
+            if aux_loss is not None:
+                aux_losses.append(aux_loss)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T or logits_to_keep, vocab_size)
         if targets is None:
             return logits
         self.check_targets(targets, logits.shape[:2])
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1).long(), ignore_index=-1)
-        aux = self.aux_loss()
-        if aux is not None:
-            loss = loss + self.config.router_aux_loss_coef * aux
-        return logits, loss
+        cross_entropy = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1).long(), ignore_index=-1)
+        # the mean over layers: k when routing is uniform, the scale of transformers' loss (which
+        # pools the layers' router statistics into one), so router_aux_loss_coef means the same here
+        aux_loss = sum(aux_losses) / len(aux_losses) if aux_losses and self.config.router_aux_loss_coef else None
+        if return_aux_loss:
+            return logits, cross_entropy, aux_loss
+        return logits, self.objective(cross_entropy, aux_loss)
+
+    def objective(self, cross_entropy: torch.Tensor, aux_loss: torch.Tensor | None) -> torch.Tensor:
+        """The training loss: cross_entropy + router_aux_loss_coef x aux_loss (when there is one)."""
+        return cross_entropy if aux_loss is None else cross_entropy + self.config.router_aux_loss_coef * aux_loss
+
+    def layer_mask(self, positions: torch.Tensor, plan: ChunkPlan | None, window: int | None, plain_causal: bool):
+        """The attention mask of one kind of layer for this forward pass (see Attention.forward).
+
+        positions (B, T) of the queries; plan: the KV cache's plan for this kind of layer (None
+        without a cache: the keys are the queries); plain_causal: no padding, now or in the cache.
+        """
+        if plan is None:
+            if plain_causal and window is None and not self.config.attention_sinks:
+                return CAUSAL
+            return attention_mask(positions, positions, window)  # (B, 1, T, T)
+        if plain_causal and positions.shape[1] == 1 and not plan.empty_slots:
+            return None  # decoding one token, no padding or empty slot: every key kept is visible
+        return attention_mask(positions, plan.key_positions, window)  # (B, 1, T, S)
 
     def positions(self, B, T, cache, padding_mask, device) -> torch.Tensor:
         """Absolute position of each new token (B, T); padding gets -1.
@@ -457,27 +507,19 @@ class GPT(nn.Module):
         positions = offset[:, None] + real.cumsum(dim=1) - 1
         return positions.masked_fill(real == 0, -1)
 
-    def aux_loss(self) -> torch.Tensor | None:
-        """Mean over MoE layers of the load-balancing loss of the last training forward, if any: k
-        when routing is uniform, the scale of transformers' loss (which pools the layers' router
-        statistics into one), so a checkpoint's router_aux_loss_coef means the same here."""
-        if self.config.mlp != "moe" or not self.training or self.config.router_aux_loss_coef == 0:
-            return None
-        return sum(block.mlp.aux_loss for block in self.transformer.h) / len(self.transformer.h)
-
     # ------------------------------------------------------------------ checkpoints
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "GPT":
         """Load a checkpoint directory: this project's, Hugging Face GPT-2 / gpt-oss (MXFP4 included)
-        or OpenAI's original gpt-oss layout. See gptoss.pretrained.from_pretrained for the options."""
-        from gptoss.pretrained import from_pretrained
+        or OpenAI's original gpt-oss layout. See gptoss.checkpoints.load.from_pretrained for the options."""
+        from gptoss.checkpoints.load import from_pretrained  # a facade: the loader lives above the model
 
         return from_pretrained(path, **kwargs)
 
     def save_pretrained(self, directory, format: str = "hf", tokenizer=None):
         """Write this model as a Hugging Face (format="hf") or gptoss checkpoint directory; see
-        gptoss.pretrained.save_pretrained."""
-        from gptoss.pretrained import save_pretrained
+        gptoss.checkpoints.export.save_pretrained."""
+        from gptoss.checkpoints.export import save_pretrained  # a facade, as from_pretrained
 
         return save_pretrained(self, directory, format=format, tokenizer=tokenizer)
 
@@ -493,9 +535,11 @@ class GPT(nn.Module):
         """Continue `idx` (B, T) by max_new_tokens sampled tokens; returns (B, T + max_new_tokens).
 
         temperature=0 is greedy; top_k keeps only the k most likely tokens. See
-        gptoss.generation.generate for the other options (top_p, stop tokens, seeds, streaming...).
+        gptoss.inference.generation.generate for the other options (top_p, seeds...); stop tokens,
+        streaming and batches of prompts of any lengths are gptoss.inference's stream and
+        generate_batch. On a CPU, gptoss.inference.prepare_for_inference(model) first makes it fast.
         """
-        from gptoss.generation import generate
+        from gptoss.inference.generation import generate  # a facade: generation lives above the model
 
         return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, **kwargs)
 

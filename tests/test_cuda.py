@@ -20,9 +20,9 @@ from test_mxfp4 import CONFIG as PACKED_CONFIG
 from test_mxfp4 import packed_model
 from test_trainer import TINY_MODEL, corpus, data_dir, metrics, tiny_config  # noqa: F401 (fixtures)
 
-from gptoss.generation import InferenceLinear, generate, generate_batch, prepare_for_inference
-from gptoss.mxfp4 import dequantize_experts
-from gptoss.trainer import Trainer
+from gptoss.inference import InferenceLinear, generate, generate_batch, prepare_for_inference
+from gptoss.checkpoints.mxfp4 import dequantize_experts
+from gptoss.train import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -155,7 +155,7 @@ def test_seed_train_model_uses_the_gpu_and_generates_from_a_cpu_prompt():
 
 def test_python_train_py_demo_on_cuda(tmp_path, capsys):
     """`python train.py` on a GPU machine: trains there (train_model's default) and samples there."""
-    from gptoss.demo import main
+    from gptoss.cli.demo import main
 
     main(["--max-chars", "30000", "--epochs", "1", "--seq-len", "64", "--sample-tokens", "40", "--out", str(tmp_path / "demo")])
     out = capsys.readouterr().out

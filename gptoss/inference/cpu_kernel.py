@@ -1,0 +1,180 @@
+"""The fp32 linear kernel of gptoss/inference/cpu_kernel.c (why it exists: see there), built on first use.
+
+It is built once per machine with the system's C compiler ($CC, else cc or gcc) into
+$GPTOSS_CACHE/kernels/ (default ~/.cache/gptoss/kernels/), under a name hashing the source, the
+compiler, its flags and the CPU: an edited source, or a home folder shared with another kind of
+CPU (the build uses -march=native), gets its own build. Where it cannot be built or loaded (no
+compiler, no OpenMP, an unwritable cache), `library()` warns once and returns None, and
+InferenceLinear falls back to oneDNN (slower at batch 1). GPTOSS_CPU_KERNEL=0 turns it off.
+
+    tiles = pack_tiles(weight)                  # once: weight (out, in), fp32 -> its tiles
+    y = linear(x, tiles, bias, out_features)    # x (..., in), fp32 -> x @ weight.T + bias
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import math
+import mmap
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import torch
+
+from gptoss.util.files import cache_dir, write_file_atomically
+
+SOURCE = Path(__file__).with_name("cpu_kernel.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+TILE = 16  # output features per tile: cpu_kernel.c's TILE (checked when it is loaded)
+
+
+def compiler() -> list[str] | None:
+    """The C compiler command: $CC (split like a shell would), else cc or gcc; None if none."""
+    if os.environ.get("CC"):
+        return shlex.split(os.environ["CC"])
+    found = shutil.which("cc") or shutil.which("gcc")
+    return [found] if found else None
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The kernel, loaded (and built first if this machine has no build yet); None when it is
+    turned off (GPTOSS_CPU_KERNEL=0) or cannot be built here, after a warning saying why."""
+    if os.environ.get("GPTOSS_CPU_KERNEL") == "0":
+        return None
+    try:
+        command = compiler()
+        if command is None:
+            return _unavailable("no C compiler found; install gcc, or set CC")
+        fingerprint = b"\0".join(s.encode() for s in [*command, *FLAGS, _cpu_description()]) + SOURCE.read_bytes()
+        path = cache_dir() / "kernels" / f"cpu_kernel-{hashlib.sha256(fingerprint).hexdigest()[:16]}.so"
+        try:
+            lib = _load(path, command)
+        except OSError:  # a build that does not load (damaged, or made for another runtime): once more
+            path.unlink(missing_ok=True)
+            lib = _load(path, command)
+    except Exception as error:  # whatever the cause, the oneDNN path still works: say why, use it
+        return _unavailable(f"{type(error).__name__}: {error}")
+    return lib
+
+
+def _load(path: Path, command: list[str]) -> ctypes.CDLL:
+    """Load the build at `path`, building it first (atomically: other processes may be loading it)
+    when it is not there."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file_atomically(path, lambda tmp: _compile(command, tmp))
+    lib = ctypes.CDLL(str(path))
+    built_tile = ctypes.c_long.in_dll(lib, "tile_outputs").value
+    if built_tile != TILE:
+        raise RuntimeError(f"{path} has tiles of {built_tile} outputs, cpu_kernel.py of {TILE}")
+    lib.linear_f32.restype = None
+    lib.linear_f32.argtypes = [
+        ctypes.c_void_p,  # x (m, in_features)
+        ctypes.c_long,  # m
+        ctypes.c_void_p,  # tiles
+        ctypes.c_void_p,  # bias (out_features) or NULL
+        ctypes.c_void_p,  # y (m, out_features)
+        ctypes.c_long,  # out_features
+        ctypes.c_long,  # in_features
+        ctypes.c_int,  # threads
+    ]
+    return lib
+
+
+def _compile(command: list[str], output: Path) -> None:
+    result = subprocess.run([*command, *FLAGS, str(SOURCE), "-o", str(output)], capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command)} could not build {SOURCE.name}: {result.stderr.strip()[-1000:]}")
+
+
+def _cpu_description() -> str:
+    """The CPU's model and instruction sets (from /proc/cpuinfo where there is one)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keys = ("model name", "flags", "Features", "CPU part")
+    return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in keys}))
+
+
+def _unavailable(reason: str) -> None:
+    warnings.warn(
+        f"gptoss: fp32 linear layers use oneDNN, not the faster C kernel ({reason}); "
+        "set GPTOSS_CPU_KERNEL=0 to choose oneDNN without this warning",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return None
+
+
+def pack_tiles(weight: torch.Tensor) -> torch.Tensor:
+    """weight (out_features, in_features), fp32 on the CPU -> its copy in the kernel's layout
+    (tiles, in_features, TILE): tile t holds rows t*TILE to t*TILE + TILE - 1, column by column
+    (tiles[t, k, j] = weight[t*TILE + j, k]), the last tile zero-padded."""
+    if weight.dim() != 2 or weight.dtype != torch.float32 or weight.device.type != "cpu":
+        raise ValueError(f"the C kernel takes a 2-D fp32 CPU weight, got {tuple(weight.shape)} {weight.dtype} on {weight.device}")
+    out_features, in_features = weight.shape
+    weight = weight.detach()
+    whole = out_features // TILE  # whole tiles; then a last one of the remaining rows, zero-padded
+    tiles = zeros_in_large_pages(((out_features + TILE - 1) // TILE, in_features, TILE))
+    tiles[:whole] = weight[: whole * TILE].reshape(whole, TILE, in_features).transpose(1, 2)
+    if out_features % TILE:
+        tiles[whole, :, : out_features % TILE] = weight[whole * TILE :].T
+    return tiles
+
+
+def zeros_in_large_pages(shape: tuple[int, ...]) -> torch.Tensor:
+    """A zeroed fp32 tensor in a memory mapping of its own, asking the OS for 2 MB pages (the
+    tiles are made in these; Linux gives them for the mapping's 2 MB-aligned stretches, most of it).
+
+    Why, measured (docs/inference.md): GPT-2 small's tiles in PyTorch's memory read at ~38 GB/s
+    at a quiet moment, in mappings of their own ~46, with 2 MB pages ~51 (`torch.sum`: ~59): a
+    stream through 2 MB pages misses the TLB and crosses page boundaries, where the hardware
+    prefetcher stops, 512 times less often. Where anonymous mappings are not available, the usual
+    allocator."""
+    nbytes = math.prod(shape) * 4
+    if nbytes == 0:
+        return torch.zeros(shape)
+    try:
+        pages = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # zeroed by the OS
+    except (AttributeError, OSError):  # no such mappings (Windows)
+        return torch.zeros(shape)
+    try:
+        pages.madvise(mmap.MADV_HUGEPAGE)  # Linux: a request, granted for the 2 MB-aligned stretches
+    except (AttributeError, OSError):  # no such request here (macOS), or a kernel without them
+        pass
+    return torch.frombuffer(pages, dtype=torch.float32).view(shape)  # the tensor keeps `pages` open
+
+
+def linear(x: torch.Tensor, tiles: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """x (..., in_features), fp32 -> x @ weight.T + bias (..., out_features), from the tiles of
+    `weight` (pack_tiles; out_features is passed because the padded tiles do not record it); bias
+    (out_features,), fp32, or None. Wrong sizes, dtypes or devices raise ValueError: the C loop
+    would read out of bounds."""
+    count, in_features, tile = tiles.shape
+    if tiles.dtype is not torch.float32 or tile != TILE or not tiles.is_contiguous():
+        raise ValueError(f"tiles {tuple(tiles.shape)} {tiles.dtype}: not made by pack_tiles")
+    if x.dim() == 0 or x.shape[-1] != in_features or x.dtype is not torch.float32 or not x.is_cpu:
+        raise ValueError(f"input {tuple(x.shape)} {x.dtype} on {x.device}: the kernel takes fp32 CPU rows of {in_features}")
+    if not out_features <= count * TILE < out_features + TILE:
+        raise ValueError(f"out_features={out_features} does not fit tiles of {tuple(tiles.shape)}")
+    if bias is not None and (bias.shape != (out_features,) or bias.dtype is not torch.float32 or not bias.is_cpu or not bias.is_contiguous()):
+        raise ValueError(f"bias {tuple(bias.shape)} {bias.dtype} on {bias.device}: takes a contiguous fp32 CPU ({out_features},)")
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the C kernel is turned off or could not be built here (see cpu_kernel.library())")
+    x = x.contiguous()
+    out = x.new_empty(*x.shape[:-1], out_features)
+    lib.linear_f32(
+        x.data_ptr(), math.prod(x.shape[:-1]), tiles.data_ptr(), None if bias is None else bias.data_ptr(),
+        out.data_ptr(), out_features, in_features, torch.get_num_threads(),
+    )  # fmt: skip
+    return out
