@@ -4,7 +4,7 @@
 
 Both models see the same character-level data in the same order (same seed), with the same batch,
 sequence length, learning-rate schedule and optimizer: only the [model] preset differs. Each is
-trained with `gptoss.trainer.Trainer` (fit(): AdamW, warmup + cosine, clipping, periodic
+trained with `gptoss.train.Trainer` (fit(): AdamW, warmup + cosine, clipping, periodic
 validation on a fixed subset, metrics.csv) in its own run folder under --out. Prints a Markdown
 table of the loss at intervals and a summary (final validation loss, parameters, tokens/s), and
 saves both loss curves in one PNG. Train losses are cross-entropy only (the trainer logs the MoE
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from gptoss import GPT
-from gptoss.trainer import Trainer, TrainConfig
+from gptoss.train import Trainer, TrainConfig
 
 PRESETS = ("tiny", "gpt-oss-tiny")
 
@@ -35,14 +35,14 @@ PRESETS = ("tiny", "gpt-oss-tiny")
 def train(preset: str, args) -> tuple[dict, list[dict], float, tuple[int, int]]:
     """Train one preset; returns the trainer's summary, its metrics.csv rows, the load average at
     the start and the parameter counts (all, active per token)."""
-    config = TrainConfig(
+    config = TrainConfig.from_dict(dict(
         run_dir=str(Path(args.out) / preset), corpus="shakespeare", tokenizer="char",
         data_dir=str(Path(args.out) / "data"), model={"preset": preset}, seq_len=args.seq_len,
         batch_size=args.batch_size, max_steps=args.steps, learning_rate=args.learning_rate, min_lr=args.learning_rate / 10,
         warmup_steps=args.warmup_steps, schedule="cosine", eval_every=args.eval_every, eval_sequences=args.eval_sequences,
         checkpoint_every=0, keep_last=1, log_every=args.eval_every, progress=False, tensorboard=False, device="cpu",
         seed=args.seed,
-    )  # fmt: skip
+    ))  # fmt: skip
     shutil.rmtree(config.run_dir, ignore_errors=True)  # the bench's own scratch run: start afresh
     load = os.getloadavg()[0]
     trainer = Trainer(config)

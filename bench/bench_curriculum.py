@@ -34,8 +34,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from gptoss.train_cli import read_config_file  # noqa: E402
-from gptoss.trainer import METRICS_FILE, Trainer, TrainConfig  # noqa: E402
+from gptoss.train.config import read_config_file  # noqa: E402
+from gptoss.train import Trainer, TrainConfig
+from gptoss.train.metrics import METRICS_FILE  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "shakespeare_bpe.toml"
 OFF = dict(random_offsets=True, bpe_dropout=0.0, seq_len_warmup_steps=0, difficulty_warmup_steps=0)

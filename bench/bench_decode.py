@@ -55,7 +55,7 @@ def write_checkpoint(preset: str, directory: Path) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel, GptOssConfig, GptOssForCausalLM
 
     from gptoss.config import GPTConfig
-    from gptoss.hf import config_to_hf_gpt2, config_to_hf_gpt_oss
+    from gptoss.checkpoints.hf import config_to_hf_gpt2, config_to_hf_gpt_oss
 
     config = GPTConfig.preset(preset, dropout=0.0)
     torch.manual_seed(0)
@@ -98,7 +98,7 @@ def matrix_vector_table() -> list[str]:
     over the same weights; best of 5."""
     import torch.nn as nn
 
-    from gptoss import cpu_kernel
+    from gptoss.inference import cpu_kernel
     from gptoss.config import GPTConfig
     from gptoss.model import GPT
 
@@ -133,7 +133,7 @@ def matrix_vector_table() -> list[str]:
 def read_bandwidth() -> float:
     """Bytes/s at which torch.sum reads a 512 MiB tensor (best of 5), in 2 MB pages like the C
     kernel's tiles (in 4 KB pages it reads 10-30% slower)."""
-    from gptoss.cpu_kernel import zeros_in_large_pages
+    from gptoss.inference.cpu_kernel import zeros_in_large_pages
 
     data = zeros_in_large_pages((2**27,)).fill_(1.0)  # written: unwritten pages all read one page of zeros
     best = min(timed(data.sum) for _ in range(5))

@@ -24,9 +24,9 @@ import time
 
 import torch
 
-from gptoss import cpu_kernel
+from gptoss.inference import cpu_kernel
 from gptoss.config import GPTConfig
-from gptoss.generation import InferenceLinear, generate, prepare_for_inference
+from gptoss.inference import InferenceLinear, generate, prepare_for_inference
 from gptoss.model import GPT
 
 

@@ -33,9 +33,9 @@ import torch
 from safetensors.torch import save_file
 
 from gptoss import GPT, GPTConfig
-from gptoss.hf import config_to_hf_gpt_oss, gpt_oss_state_to_hf
-from gptoss.mxfp4 import pack_experts_on_meta
-from gptoss.pretrained import MXFP4_QUANTIZATION_CONFIG
+from gptoss.checkpoints.hf import config_to_hf_gpt_oss, gpt_oss_state_to_hf
+from gptoss.checkpoints.mxfp4 import pack_experts_on_meta
+from gptoss.checkpoints.export import MXFP4_QUANTIZATION_CONFIG
 
 SHARD_BYTES = 4_800_000_000  # transformers' converter cuts openai/gpt-oss-20b into shards of <= 4.8 GB
 GiB = 1 << 30

@@ -46,7 +46,7 @@ def build_modules(d_model: int, d_ff: int, experts: int, top_k: int) -> dict:
     with torch.no_grad():
         for p in ours.parameters():
             p.normal_(0.0, 1.0 / d_model**0.5)
-    functions = {"gptoss": lambda x: ours(x[None])[0], "dense": lambda x: dense_reference(ours, x)}
+    functions = {"gptoss": lambda x: ours(x[None])[0][0], "dense": lambda x: dense_reference(ours, x)}
     for name, implementation in (("hf loop", "eager"), ("hf grouped_mm", "grouped_mm")):
         hf_config = GptOssConfig(
             hidden_size=d_model, intermediate_size=d_ff, num_local_experts=experts, num_experts_per_tok=top_k

@@ -29,8 +29,8 @@ PEAK_RSS = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM
 
 PREPARE_STAGE = """
 import json, sys, time
-from gptoss.data import prepare
-from gptoss.tokenizers import load_tokenizer
+from gptoss.data.token_files import prepare
+from gptoss.data.tokenizers import load_tokenizer
 corpus, tokenizer_dir, out = sys.argv[1:4]
 start = time.perf_counter()
 dataset = prepare(corpus, load_tokenizer(tokenizer_dir), out, progress=False)
@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from gptoss.data import load_corpus
-    from gptoss.tokenizers import build_tokenizer
+    from gptoss.data.tokenizers import build_tokenizer
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import platform
 import time
 
 from gptoss.data import load_corpus
-from gptoss.tokenizers import _tiktoken_encoding, build_tokenizer
+from gptoss.data.tokenizers import _tiktoken_encoding, build_tokenizer
 
 
 def best_time(function, repeats: int):

@@ -4,7 +4,7 @@
 
 Both models are built from one GPTConfig (the HF one through gptoss.hf, with our initial weights
 copied in, so their first losses agree) and trained by the same step: forward, cross-entropy,
-backward, global-norm clipping, the trainer's AdamW (gptoss.trainer.adamw), zero_grad. Only the
+backward, global-norm clipping, the trainer's AdamW (gptoss.train.optim.adamw), zero_grad. Only the
 model differs. HF runs its default attention (sdpa) and use_cache=False, as one trains with it.
 
 The machine is shared and noisy, so the two models alternate: each round times a few steps of one,
@@ -29,9 +29,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptoss.config import GPTConfig
 from gptoss.data import random_batch
-from gptoss.hf import config_to_hf_gpt2, gpt2_state_to_hf
+from gptoss.checkpoints.hf import config_to_hf_gpt2, gpt2_state_to_hf
 from gptoss.model import GPT
-from gptoss.trainer import adamw
+from gptoss.train.optim import adamw
 
 PEAK_GFLOPS = {"fp32": 180.0, "bf16": 380.0}  # MACHINE.md: 2048^3 matmul on this machine
 CONFIGS = {
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6, help="alternations of the two models (default: 6)")
     args = parser.parse_args()
     # training text: Tiny Shakespeare's bytes stand in for token ids (speed does not depend on them)
-    from gptoss.data import shakespeare_path
+    from gptoss.data.corpora import shakespeare_path
 
     tokens = torch.frombuffer(bytearray(shakespeare_path().read_bytes()), dtype=torch.uint8).long()
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, PyTorch {torch.__version__}\n")
