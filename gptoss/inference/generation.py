@@ -104,7 +104,7 @@ def next_token_logits(model, ids: torch.Tensor, real: torch.Tensor | None, lengt
     return model(ids[:, start:length], padding_mask=mask, logits_to_keep=1)[:, -1]
 
 
-@torch.inference_mode()  # no autograd bookkeeping at all: ~5% of a GPT-2 small decoding step here
+@torch.inference_mode()  # no autograd bookkeeping at all (docs/inference.md measures what it saves)
 def _token_steps(
     model,
     ids: torch.Tensor,
