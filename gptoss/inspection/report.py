@@ -154,7 +154,7 @@ def draw_experts(rec: Recording, labels, num_experts: int, out_dir: Path) -> lis
     if rec.experts[0] is None:
         return []
     L, T = len(rec.experts), len(labels)
-    fig, axes = plt.subplots(L, 1, figsize=(min(3 + 0.12 * T, 20), 1.1 + 0.32 * num_experts * L), squeeze=False)
+    fig, axes = plt.subplots(L, 1, figsize=(min(3 + 0.12 * T, 20), 1.1 + 0.32 * num_experts * L), squeeze=False, layout="constrained")
     for layer, ax in enumerate(axes[:, 0]):
         routed = torch.zeros(num_experts, T)  # weight of expert e for token t (0: not chosen)
         routed.scatter_(0, rec.experts[layer][0].T, rec.expert_weights[layer][0].T)
@@ -186,8 +186,8 @@ def draw_experts(rec: Recording, labels, num_experts: int, out_dir: Path) -> lis
     k = rec.experts[0].shape[-1]
     return [
         Figure(routing_name, "Experts per token", f"In each layer the router sends every token to {k} of the {num_experts} experts; "
-               "the shade is the weight that expert's output gets in the token's sum. Tokens of the same kind "
-               "(spaces, letters, punctuation) often share experts."),  # fmt: skip
+               "the shade is the weight that expert's output gets in the token's sum. Reading along a row shows "
+               "which tokens one expert serves."),  # fmt: skip
         Figure(load_name, "Load per expert", "The share of the prompt's (token, expert) assignments each expert took, per layer. "
                "The load-balancing loss of training pushes these towards uniform."),  # fmt: skip
     ]
