@@ -162,15 +162,7 @@ class Attention(nn.Module):
         KV cache and the chunk's plan for its kind of layer (gptoss.kv_cache).
         """
         B, T, _ = x.shape
-        q, k, v = self.c_attn(x).split(
-            [self.num_heads * self.head_size, self.kv_heads * self.head_size, self.kv_heads * self.head_size], dim=-1
-        )
-        q = q.view(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, H, T, hs)
-        k = k.view(B, T, self.kv_heads, self.head_size).transpose(1, 2)  # (B, Hkv, T, hs)
-        v = v.view(B, T, self.kv_heads, self.head_size).transpose(1, 2)  # (B, Hkv, T, hs)
-        if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-
+        q, k, v = self.queries_keys_values(x, rope)
         if cache is not None:
             k, v = cache.update(k, v, plan)  # (B, Hkv, S, hs)
 
@@ -184,22 +176,45 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_size)
         return self.resid_dropout(self.c_proj(y))
 
+    def queries_keys_values(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, d_model) -> q (B, H, T, hs), k and v (B, Hkv, T, hs); q and k rotated by `rope`."""
+        B, T, _ = x.shape
+        q, k, v = self.c_attn(x).split(
+            [self.num_heads * self.head_size, self.kv_heads * self.head_size, self.kv_heads * self.head_size], dim=-1
+        )
+        q = q.view(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, H, T, hs)
+        k = k.view(B, T, self.kv_heads, self.head_size).transpose(1, 2)  # (B, Hkv, T, hs)
+        v = v.view(B, T, self.kv_heads, self.head_size).transpose(1, 2)  # (B, Hkv, T, hs)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        return q, k, v
+
+    def attention_weights(self, q, k, mask) -> torch.Tensor:
+        """The softmax weights of each query over the keys, in fp32 (the sink path's own, and what
+        gptoss.inspection records for every layer).
+
+        q (B, H, T, hs), k (B, Hkv, S, hs), mask (B, 1, T, S) bool or None (every key visible) ->
+        (B, H, T, S), or with sinks (B, H, T, S + 1): the last column is the sink's share.
+        """
+        group = self.num_heads // self.kv_heads  # query heads per k/v head
+        k = k.repeat_interleave(group, dim=1)  # (B, H, S, hs)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)  # (B, H, T, S)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        if self.sinks is not None:
+            sink = self.sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)  # (B, H, T, 1)
+            scores = torch.cat([scores, sink], dim=-1)
+        return torch.softmax(scores, dim=-1, dtype=torch.float32)
+
     def attend_with_sinks(self, q, k, v, mask, dropout: float) -> torch.Tensor:
         """Softmax attention with the sink logit appended as an extra column, then dropped.
 
         q (B, H, T, hs), k/v (B, Hkv, S, hs), mask (B, 1, T, S) or None (every key visible) ->
         (B, H, T, hs). The weights over real keys sum to 1 - p(sink) < 1.
         """
-        group = self.num_heads // self.kv_heads  # query heads per k/v head
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, H, S, hs)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)  # (B, H, T, S)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        sink = self.sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)  # (B, H, T, 1)
-        weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1, dtype=torch.float32)[..., :-1]
-        weights = weights.to(v.dtype)
+        weights = self.attention_weights(q, k, mask)[..., :-1].to(v.dtype)  # (B, H, T, S)
         weights = F.dropout(weights, dropout, self.training)
-        return weights @ v
+        return weights @ v.repeat_interleave(self.num_heads // self.kv_heads, dim=1)
 
 
 # ---------------------------------------------------------------------------------------- MLPs
@@ -264,9 +279,7 @@ class MixtureOfExperts(nn.Module):
         """x (B, T, d_model) -> (B, T, d_model), and in training the load-balancing loss (else None)."""
         B, T, D = x.shape
         tokens = x.reshape(-1, D)  # (N, D)
-        router_logits = self.router(tokens)  # (N, E)
-        top_logits, top_experts = router_logits.topk(self.top_k, dim=-1)  # (N, k)
-        top_weights = torch.softmax(top_logits.float(), dim=-1).to(x.dtype)  # (N, k), rows sum to 1
+        router_logits, top_experts, top_weights = self.route(tokens)
 
         # sort the N*k (token, expert) assignments by expert: each expert's tokens become contiguous
         flat_experts = top_experts.flatten()  # (N*k,)
@@ -286,6 +299,13 @@ class MixtureOfExperts(nn.Module):
 
         aux_loss = self.load_balancing_loss(router_logits, counts) if self.training else None
         return out.view(B, T, D), aux_loss
+
+    def route(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """tokens (N, d_model) -> router logits (N, E), each token's top-k experts (N, k) and their
+        weights (N, k): a softmax over the k chosen logits, so each row sums to 1."""
+        router_logits = self.router(tokens)  # (N, E)
+        top_logits, top_experts = router_logits.topk(self.top_k, dim=-1)  # (N, k)
+        return router_logits, top_experts, torch.softmax(top_logits.float(), dim=-1).to(tokens.dtype)
 
     def load_balancing_loss(self, router_logits: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """Switch-Transformer balance loss: E * sum_e (fraction of tokens routed to e) * (mean
