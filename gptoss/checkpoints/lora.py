@@ -107,7 +107,8 @@ def merge_lora(model: GPT) -> GPT:
 # ---------------------------------------------------------------------------------------- peft files
 def hf_adapter_tensors(model: GPT, layers: dict[str, LoRALinear]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """peft's tensors for the adapters (named as the Hugging Face export names the modules) and its
-    target module names."""
+    target modules: their full names, so that peft adapts exactly these (a bare `c_proj` would
+    also match GPT-2's mlp.c_proj)."""
     tensors, modules = {}, set()
     gpt_oss = model.config.mlp == "moe"
     for name, layer in layers.items():
@@ -128,7 +129,7 @@ def hf_adapter_tensors(model: GPT, layers: dict[str, LoRALinear]) -> tuple[dict[
         for module, (a, b) in parts.items():
             tensors[f"base_model.model.{module}.lora_A.weight"] = a.clone()
             tensors[f"base_model.model.{module}.lora_B.weight"] = b.clone()
-            modules.add(module.rsplit(".", 1)[1])
+            modules.add(module)
     return tensors, sorted(modules)
 
 
@@ -147,8 +148,6 @@ def adapter_config(model: GPT, layers: dict[str, LoRALinear], target_modules: li
         "fan_in_fan_out": model.config.mlp != "moe",  # GPT-2's Conv1D layers store W transposed
         "init_lora_weights": True,
         "inference_mode": True,
-        # which of our layers they are, for loading them back here
-        "gptoss_layers": sorted(layers),
     }
 
 
@@ -166,6 +165,16 @@ def save_adapter(model: GPT, directory: str | Path, base: str = "") -> Path:
     return write_directory_atomically(directory, lambda tmp: write_adapter_files(model, tmp, base))
 
 
+def our_layer_name(hf_module: str) -> str:
+    """Our name of the layer a Hugging Face module name of an adapter belongs to."""
+    if not hf_module.startswith("model.layers."):  # GPT-2: the names are ours
+        return hf_module
+    _, _, index, rest = hf_module.split(".", 3)
+    kind = "attn.c_attn" if rest in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj") else next(
+        (ours for ours, theirs in GPT_OSS_NAMES.items() if theirs == rest), rest)  # fmt: skip
+    return f"transformer.h.{index}.{kind}"
+
+
 def load_adapter(model: GPT, directory: str | Path) -> dict[str, LoRALinear]:
     """Put the adapters saved in `directory` (by save_adapter) onto `model` (the same base)."""
     directory = Path(directory)
@@ -173,7 +182,7 @@ def load_adapter(model: GPT, directory: str | Path) -> dict[str, LoRALinear]:
         raise FileNotFoundError(f"no LoRA adapter in {directory}: {ADAPTER_CONFIG} is missing")
     config = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     tensors = load_file(str(directory / ADAPTER_WEIGHTS))
-    names = config["gptoss_layers"]
+    names = {our_layer_name(key.removeprefix("base_model.model.").rsplit(".", 2)[0]) for key in tensors}
     targets = tuple(sorted({name.split(".", 3)[3] for name in names}))
     layers = add_lora(model, config["r"], config["lora_alpha"], targets)
     saved, _ = hf_adapter_tensors(model, layers)  # the names (and shapes) these layers are saved under
