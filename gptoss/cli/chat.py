@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from gptoss.cli.common import add_model_arguments, add_sampling_arguments, load_model_and_tokenizer, sampling_arguments
-from gptoss.inference.chat_format import PlainFormat, Turn, chat_format_for, fit_prompt
+from gptoss.inference.chat_format import HarmonyFormat, PlainFormat, Turn, chat_format_for, fit_prompt
 from gptoss.inference.generation import check_generation_options, make_generator
 
 CHAT_MAX_NEW_TOKENS = 512  # per reply, by default
@@ -38,8 +38,10 @@ def run(args) -> int:
     """Load the model, check the options, then talk on standard input and output."""
     model, tokenizer = load_model_and_tokenizer(args)
     chat_format = chat_format_for(tokenizer, args.system, args.reasoning_effort or "medium")
-    if isinstance(chat_format, PlainFormat) and (args.show_analysis or args.reasoning_effort):
-        raise ValueError("--show-analysis and --reasoning-effort apply to gpt-oss (harmony) chats only")
+    if isinstance(chat_format, PlainFormat) and args.show_analysis:
+        raise ValueError("--show-analysis shows reasoning, so its options apply to gpt-oss (harmony) chats only, and to models fine-tuned here with the chat template")
+    if not isinstance(chat_format, HarmonyFormat) and args.reasoning_effort:
+        raise ValueError("--reasoning-effort applies to gpt-oss (harmony) chats only")
     options = sampling_arguments(args)
     if args.max_new_tokens is None:
         args.max_new_tokens = min(CHAT_MAX_NEW_TOKENS, model.config.max_seq_len // 2)

@@ -26,6 +26,7 @@ import json
 import operator
 import os
 import random
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -124,14 +125,19 @@ class Tokenizer(ABC):
 
 
 class CharTokenizer(Tokenizer):
-    """One id per character; the id of a character is its rank in the sorted vocabulary."""
+    """One id per character; the id of a character is its rank in the sorted vocabulary. Special
+    tokens (`specials`, e.g. a chat template's `<|user|>`) take the ids after the characters."""
 
     kind = "char"
 
-    def __init__(self, chars: Iterable[str]):
+    def __init__(self, chars: Iterable[str], specials: Sequence[str] = ()):
         self.chars = sorted(set(chars))
         if not self.chars or any(len(char) != 1 for char in self.chars):
             raise ValueError("a char tokenizer needs a non-empty vocabulary of single characters")
+        self.specials = list(dict.fromkeys(specials))
+        self._special_ids = {name: len(self.chars) + i for i, name in enumerate(self.specials)}
+        # longest first, so that no special token is read as a shorter one that starts it
+        self._special_pattern = re.compile("(" + "|".join(map(re.escape, sorted(self.specials, key=len, reverse=True))) + ")") if self.specials else None
         # Code points in id order, for the vectorized encoder (searchsorted needs them sorted,
         # which they are: sorted() orders strings of one character by code point).
         self._code_points = np.array([ord(char) for char in self.chars], dtype=np.uint32)
@@ -148,7 +154,7 @@ class CharTokenizer(Tokenizer):
 
     @property
     def vocab_size(self) -> int:
-        return len(self.chars)
+        return len(self.chars) + len(self.specials)
 
     @property
     def eot_id(self) -> None:
@@ -161,7 +167,15 @@ class CharTokenizer(Tokenizer):
         return [self.encode_array(text) for text in texts]
 
     def encode_array(self, text: str) -> np.ndarray:
-        """Ids of `text` as an int64 array (vectorized: a per-character dict lookup is 20x slower)."""
+        """Ids of `text` as an int64 array, special tokens written in it as their ids."""
+        if self._special_pattern is None:
+            return self._encode_chars(text)
+        pieces = self._special_pattern.split(text)  # [text, special, text, special, ..., text]
+        arrays = [np.array([self._special_ids[piece]]) if i % 2 else self._encode_chars(piece) for i, piece in enumerate(pieces)]
+        return np.concatenate(arrays).astype(np.int64)
+
+    def _encode_chars(self, text: str) -> np.ndarray:
+        """Ids of `text`'s characters (vectorized: a per-character dict lookup is 20x slower)."""
         code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         ids = np.searchsorted(self._code_points, code_points)
         ids_in_range = np.minimum(ids, len(self.chars) - 1)
@@ -176,10 +190,12 @@ class CharTokenizer(Tokenizer):
         return ids.astype(np.int64)
 
     def _decode_checked(self, ids: list[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
+        n = len(self.chars)
+        return "".join(self.chars[i] if i < n else self.specials[i - n] for i in ids)
 
     def _descriptor(self) -> dict:
-        return {"kind": self.kind, "chars": self.chars}
+        # without special tokens, the descriptor (and so the fingerprint) is what it always was
+        return {"kind": self.kind, "chars": self.chars, **({"specials": self.specials} if self.specials else {})}
 
 
 class BPETokenizer(Tokenizer):
@@ -421,7 +437,7 @@ def load_tokenizer(directory: str | Path, files_dir: str | Path | None = None) -
         descriptor = json.loads(descriptor_path.read_text(encoding="utf-8"))
         kind = descriptor.get("kind")
         if kind == "char":
-            return CharTokenizer(descriptor["chars"])
+            return CharTokenizer(descriptor["chars"], descriptor.get("specials", ()))
         if kind == "bpe":
             return BPETokenizer.from_file(directory / descriptor["file"])
     except Exception as error:  # JSON, missing keys, wrong types; the tokenizers library raises bare Exceptions
@@ -435,6 +451,20 @@ def load_tokenizer(directory: str | Path, files_dir: str | Path | None = None) -
             files_dir = saved_dir
         return TiktokenTokenizer(kind, files_dir)
     raise ValueError(f"{descriptor_path} names an unknown tokenizer kind {kind!r}")
+
+
+def with_special_tokens(tokenizer: Tokenizer, names: Sequence[str]) -> Tokenizer:
+    """A copy of a char or bpe tokenizer that also has the special tokens `names` (those it lacks
+    get new ids after its last one; written in a text, each encodes as its one id)."""
+    if isinstance(tokenizer, CharTokenizer):
+        return CharTokenizer(tokenizer.chars, [*tokenizer.specials, *names])
+    if isinstance(tokenizer, BPETokenizer):
+        from tokenizers import AddedToken, Tokenizer as Backend
+
+        backend = Backend.from_str(tokenizer._backend.to_str())
+        backend.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in names])
+        return BPETokenizer(backend)
+    raise ValueError(f"a {tokenizer.kind} tokenizer cannot gain special tokens here (only char and bpe can)")
 
 
 def check_tokenizer_fits(tokenizer: Tokenizer, vocab_size: int) -> None:

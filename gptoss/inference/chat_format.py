@@ -1,12 +1,17 @@
 """Chat formats: a conversation rendered as the prompt a model continues, and its reply parsed back.
 
-Two formats, picked by the tokenizer (`chat_format_for`):
-- harmony, for gpt-oss models (o200k_harmony tokenizer): the conversation is rendered with OpenAI's
-  `openai-harmony` library, as gpt-oss was trained. The model answers in messages on channels:
-  "analysis" (its chain of thought, hidden unless show_analysis) and "final" (the answer shown).
-  Only final answers enter the history. Generation ends at <|return|> (or <|call|>, a tool call).
-  openai-harmony reads o200k_base.tiktoken from the folder in TIKTOKEN_ENCODINGS_BASE (offline);
-  we point it at the tokenizer's own files when that variable is unset.
+Three formats, picked by the tokenizer (`chat_format_for`); the first two render conversations with
+the same code that renders fine-tuning data (gptoss.data.conversations), so a model is prompted
+exactly as it was trained:
+- harmony, for gpt-oss models (o200k_harmony tokenizer): rendered with OpenAI's `openai-harmony`
+  library, as gpt-oss was trained. The model answers in messages on channels: "analysis" (its chain
+  of thought, hidden unless show_analysis) and "final" (the answer shown). Only final answers enter
+  the history. Generation ends at <|return|> (or <|call|>, a tool call). openai-harmony reads
+  o200k_base.tiktoken from the folder in TIKTOKEN_ENCODINGS_BASE (offline); we point it at the
+  tokenizer's own files when that variable is unset.
+- the chat template, for char and bpe models fine-tuned here (their tokenizer has its special
+  tokens): the reasoning after <|think|> is shown as the "analysis" channel, the answer after
+  <|answer|> as "final"; generation ends at <|end|>.
 - plain, for every other model: a transcript "User: ...\\nAssistant: ...\\n" that the model
   continues until it starts the next "\\nUser:" line or ends the text.
 
@@ -15,55 +20,32 @@ When a conversation no longer fits in the model's context, `fit_prompt` drops it
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
+from gptoss.data.conversations import ChatTemplate, HarmonyRenderer, has_chat_tokens
 from gptoss.inference.generation import stream, stream_text
 
-HARMONY_FILE = "o200k_base.tiktoken"
 Turn = tuple[str, str]  # (role: "user" or "assistant", text)
+
+
+def messages_of(history: list[Turn], system: str | None) -> list[dict]:
+    """The chat history as conversation messages (gptoss.data.conversations), the system text first."""
+    messages = [{"role": "system", "content": system}] if system else []
+    for role, text in history:
+        messages.append({"role": role, "content": text, **({"thinking": "", "tool_calls": []} if role == "assistant" else {})})
+    return messages
 
 
 class HarmonyFormat:
     """gpt-oss's chat format, rendered and parsed by openai-harmony."""
 
     def __init__(self, tokenizer, system: str | None = None, reasoning_effort: str = "medium"):
-        files_dir = getattr(tokenizer, "files_dir", None)
-        if "TIKTOKEN_ENCODINGS_BASE" not in os.environ and files_dir and (files_dir / HARMONY_FILE).is_file():
-            os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(files_dir)
-        import openai_harmony as harmony
-
-        self.harmony = harmony
-        try:
-            self.encoding = harmony.load_harmony_encoding(harmony.HarmonyEncodingName.HARMONY_GPT_OSS)
-        except harmony.HarmonyError as error:
-            raise ValueError(
-                f"openai-harmony could not load its encoding ({error}); offline, set TIKTOKEN_ENCODINGS_BASE "
-                f"to a folder holding {HARMONY_FILE}"
-            ) from None
-        efforts = {e.name.lower(): e for e in harmony.ReasoningEffort}
-        if reasoning_effort not in efforts:
-            raise ValueError(f"reasoning effort must be one of {sorted(efforts)}, got {reasoning_effort!r}")
-        header = [harmony.Message.from_role_and_content(
-            harmony.Role.SYSTEM, harmony.SystemContent.new().with_reasoning_effort(efforts[reasoning_effort])
-        )]
-        if system:
-            header.append(harmony.Message.from_role_and_content(
-                harmony.Role.DEVELOPER, harmony.DeveloperContent.new().with_instructions(system)
-            ))
-        self.header = header
+        self.renderer = HarmonyRenderer(tokenizer, reasoning_effort)
+        self.harmony, self.encoding, self.system = self.renderer.harmony, self.renderer.encoding, system
 
     def prompt(self, history: list[Turn]) -> list[int]:
         """Token ids of the conversation, ending where the assistant's next message starts."""
-        h = self.harmony
-        messages = list(self.header)
-        for role, text in history:
-            if role == "user":
-                messages.append(h.Message.from_role_and_content(h.Role.USER, text))
-            else:
-                messages.append(h.Message.from_role_and_content(h.Role.ASSISTANT, text).with_channel("final"))
-        conversation = h.Conversation.from_messages(messages)
-        return self.encoding.render_conversation_for_completion(conversation, h.Role.ASSISTANT)
+        return self.renderer.prompt(messages_of(history, self.system))
 
     def reply(self, model, prompt: list[int], max_new_tokens: int, **options) -> Iterator[tuple[str, str]]:
         """Generate the assistant's messages: yields (channel, text) pieces as they are parsed."""
@@ -77,6 +59,35 @@ class HarmonyFormat:
                     raise ValueError(f"the model's reply is not valid harmony ({error})") from None
                 if parser.last_content_delta:
                     yield parser.current_channel or "final", parser.last_content_delta
+
+
+class TemplateFormat:
+    """This project's chat template (gptoss.data.conversations.ChatTemplate), for char and bpe models."""
+
+    def __init__(self, tokenizer, system: str | None = None):
+        self.template, self.tokenizer, self.system = ChatTemplate(tokenizer), tokenizer, system
+
+    def prompt(self, history: list[Turn]) -> list[int]:
+        """Token ids of the conversation, ending with the <|assistant|> that the model continues."""
+        return self.template.prompt(messages_of(history, self.system))
+
+    def reply(self, model, prompt: list[int], max_new_tokens: int, **options) -> Iterator[tuple[str, str]]:
+        """Generate the assistant's message: yields ("analysis", text) pieces of its reasoning, then
+        ("final", text) pieces of its answer, as they are produced."""
+        think_id = self.tokenizer.encode(ChatTemplate.THINK)[0]
+        channel, ids, shown = "final", [], 0
+        for step in stream(model, [prompt], max_new_tokens, stop_token_ids=self.template.stop_ids(), **options):
+            for token in step[0]:
+                if token in (think_id, self.template.answer_id):  # a new part: reasoning, or the answer
+                    channel, ids, shown = ("analysis" if token == think_id else "final"), [], 0
+                    continue
+                if token == self.template.end_id:
+                    return
+                ids.append(token)
+                text = self.tokenizer.decode(ids).rstrip("\ufffd")  # an unfinished multi-byte character waits
+                if len(text) > shown:
+                    yield channel, text[shown:]
+                    shown = len(text)
 
 
 class PlainFormat:
@@ -109,9 +120,12 @@ class PlainFormat:
 
 
 def chat_format_for(tokenizer, system: str | None = None, reasoning_effort: str = "medium"):
-    """Harmony for the o200k_harmony tokenizer (gpt-oss), the plain transcript otherwise."""
+    """Harmony for the o200k_harmony tokenizer (gpt-oss), the chat template for a tokenizer that
+    has its tokens (a model fine-tuned here), the plain transcript otherwise."""
     if tokenizer.kind == "o200k_harmony":
         return HarmonyFormat(tokenizer, system, reasoning_effort)
+    if has_chat_tokens(tokenizer):
+        return TemplateFormat(tokenizer, system)
     return PlainFormat(tokenizer, system)
 
 

@@ -106,10 +106,11 @@ class RunCheckpoints:
         found = checkpoint_dirs(self.run_dir)
         return found[-1] if found else None
 
-    def save(self, step: int, model, tokenizer, metadata: dict, trainer_state: Callable[[], dict], run_config: dict) -> Path:
+    def save(self, step: int, model, tokenizer, metadata: dict, trainer_state: Callable[[], dict], run_config: dict,
+             write_extra: Callable[[Path], None] | None = None) -> Path:  # fmt: skip
         """Write checkpoints/step-NNNNNNN atomically with the trainer state (`trainer_state()`,
-        called on rank 0 only) and the run config, and delete the checkpoints beyond keep_last.
-        `model`: the full model on rank 0 (gathered), anything on the others."""
+        called on rank 0 only), the run config and what `write_extra(folder)` adds, and delete the
+        checkpoints beyond keep_last. `model`: the full model on rank 0 (gathered), anything on the others."""
         directory = self.run_dir / CHECKPOINTS_DIR / f"step-{step:07d}"
         if self.dist.is_main:
             state = trainer_state()
@@ -117,6 +118,8 @@ class RunCheckpoints:
             def write_trainer_files(tmp: Path) -> None:
                 torch.save(state, tmp / TRAINER_STATE_FILE)
                 (tmp / RUN_CONFIG_FILE).write_text(json.dumps(run_config, indent=2) + "\n")
+                if write_extra is not None:
+                    write_extra(tmp)
 
             save_model(model, directory, tokenizer, metadata, write_trainer_files)
             older = [d for d in checkpoint_dirs(self.run_dir) if d.name < directory.name]

@@ -14,6 +14,7 @@ A run is a TOML (or YAML) file:
     [eval]        how often, on how many windows
     [checkpoint]  how often, how many kept
     [log]         metrics.csv rows, progress bar, TensorBoard
+    [sft]         fine-tuning on conversations from a checkpoint (full or LoRA) instead of pretraining
 
 Each part of the trainer is given its own table. Every key has one name across all tables, so a
 file of the older flat form (every key at the top level) still reads, `--set learning_rate=3e-4`
@@ -211,9 +212,27 @@ class LogConfig:
         check_at_least(self, 1, "log_every")
 
 
+@dataclass
+class SFTConfig:
+    """[sft]: supervised fine-tuning on conversations (gptoss.train.sft) instead of pretraining on [data]."""
+
+    conversations: str = key("", "JSONL file of conversations to fine-tune on (gptoss.data.conversations); empty: pretraining")
+    val_conversations: str = key("", "held-out JSONL file of conversations for the validation loss; empty: the last val_fraction of them")
+    init_from: str = key("", "the checkpoint fine-tuning starts from: this project's, Hugging Face GPT-2 or gpt-oss")
+    lora_rank: int = key(0, "LoRA rank: train only low-rank adapters on lora_targets, the base frozen; 0: full fine-tuning")
+    lora_alpha: float = key(16.0, "LoRA scale numerator: the adapters' change is (lora_alpha / lora_rank) B A")
+    lora_targets: str = key("attn.c_attn,attn.c_proj", "comma-separated layers that get adapters: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj")
+
+    def __post_init__(self) -> None:
+        check_at_least(self, 0, "lora_rank")
+        if self.conversations and not self.init_from:
+            raise ValueError("fine-tuning on conversations needs init_from: the checkpoint to start from")
+
+
 TABLES = {
     "data": DataConfig, "batch": BatchConfig, "optim": OptimConfig, "curriculum": CurriculumConfig,
     "hardware": HardwareConfig, "eval": EvalConfig, "checkpoint": CheckpointConfig, "log": LogConfig,
+    "sft": SFTConfig,
 }  # fmt: skip
 # every key of every table, to the table it belongs to: the flat names
 TABLE_OF = {f.name: table for table, cls in TABLES.items() for f in dataclasses.fields(cls)}
@@ -241,6 +260,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -289,7 +309,8 @@ class TrainConfig:
             raise ValueError(f"bpe_dropout needs tokenizer = \"bpe\" (BPE merges to drop), got tokenizer = {self.tokenizer!r}")
         if self.seq_len_warmup_steps and not 1 <= self.seq_len_start <= self.seq_len:
             raise ValueError(f"seq_len_start must be in [1, seq_len = {self.seq_len}], got {self.seq_len_start!r}")
-        self.model_config()  # a bad preset or model override is reported now, not after data preparation
+        if not self.sft.conversations:  # fine-tuning takes its model from sft.init_from
+            self.model_config()  # a bad preset or model override is reported now, not after data preparation
 
     # ------------------------------------------------------------------ derived objects
     def lr_schedule(self) -> LRSchedule:

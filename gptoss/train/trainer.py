@@ -44,6 +44,7 @@ from torch.distributed.checkpoint.state_dict import (
 from tqdm.auto import tqdm
 
 from gptoss.checkpoints import load_model
+from gptoss.checkpoints.lora import lora_layers, merged_state_dict, write_adapter_files
 from gptoss.data.batches import random_batch
 from gptoss.data.token_files import TokenDataset, prepare
 from gptoss.model import GPT
@@ -62,6 +63,7 @@ from gptoss.train.config import DataConfig, TrainConfig
 from gptoss.train.distributed import Distributed, wrap_model
 from gptoss.train.metrics import CURVE_FILE, MetricsLog, plot_loss_curve
 from gptoss.train.optim import adamw
+from gptoss.train.sft import ConversationSampler, load_conversations, padded_windows, starting_model, trainable_share
 from gptoss.train.signals import StopSignals
 from gptoss.train.windows import WindowSampler
 from gptoss.util.devices import resolve_device
@@ -134,10 +136,16 @@ class Trainer:
             raise ValueError(f"eval_sequences ({config.eval.eval_sequences}) must be a multiple of the process count ({world})")
 
         seed_everything(config.seed)  # identical initial weights in every process
-        self.data = load_data(config.data, batch.seq_len, self.dist, config.log.progress)
+        self.sft = config.sft if config.sft.conversations else None  # fine-tuning on conversations
+        if self.sft is not None:
+            if self.sft.lora_rank and world > 1 and hardware.parallel == "fsdp":
+                raise ValueError("LoRA fine-tuning runs under DDP, not FSDP: set parallel = \"ddp\"")
+            self.data = load_conversations(self.sft, batch.seq_len, config.data.val_fraction)
+        else:
+            self.data = load_data(config.data, batch.seq_len, self.dist, config.log.progress)
         self.bytes_in_val_subset = self.build_val_subset()
-        self.model_config = config.model_config(self.data.tokenizer.vocab_size)
         self.raw_model = self.build_model()
+        self.model_config = self.raw_model.config
         self.fsdp = world > 1 and hardware.parallel == "fsdp"
         self.model = wrap_model(self.raw_model, self.dist, self.device, self.fsdp, hardware.compile,
                                 unused_parameters=self.model_config.mlp == "moe")  # fmt: skip
@@ -152,8 +160,11 @@ class Trainer:
 
         # the data position: a generator shared by all processes (each keeps its slice of every batch)
         self.data_generator = torch.Generator().manual_seed(config.seed)
-        self.sampler = WindowSampler(self.data.train, self.data.tokenizer, config.curriculum, batch.seq_len, batch.batch_size,
-                                     config.seed, self.data_generator, granularity=world * self.accumulation)  # fmt: skip
+        if self.sft is not None:
+            self.sampler = ConversationSampler(self.data.train, batch.seq_len, batch.batch_size, self.data_generator)
+        else:
+            self.sampler = WindowSampler(self.data.train, self.data.tokenizer, config.curriculum, batch.seq_len, batch.batch_size,
+                                         config.seed, self.data_generator, granularity=world * self.accumulation)  # fmt: skip
         self.step, self.tokens_seen, self.train_time = 0, 0, 0.0
         self.best_val_loss = math.inf
         if self.state is not None:
@@ -180,6 +191,9 @@ class Trainer:
     def build_val_subset(self) -> int | None:
         """Fix the validation windows (seeded, same in every run); returns their bytes of text, for
         bits per byte, or None for a character-level tokenizer (bits per character is loss / ln 2)."""
+        if self.sft is not None:  # the held-out conversations (the first eval_sequences of them)
+            self.val_x, self.val_y = padded_windows(self.data.val[: self.config.eval.eval_sequences], self.config.batch.seq_len)
+            return None  # bits per byte of assistant tokens alone would mislead: loss and perplexity only
         generator = torch.Generator().manual_seed(self.config.seed + 1)
         self.val_x, self.val_y = random_batch(self.data.val, self.config.eval.eval_sequences, self.config.batch.seq_len, generator)
         if self.data.tokenizer.kind == "char":
@@ -188,14 +202,20 @@ class Trainer:
         return sum(len(self.data.tokenizer.decode(row).encode("utf-8")) for row in self.val_y)
 
     def build_model(self) -> GPT:
-        """The GPT of the [model] table, or the checkpoint's when resuming."""
+        """The GPT of the [model] table, or the checkpoint's when resuming; fine-tuning: the
+        checkpoint of [sft] init_from (under its LoRA adapters: resuming, those of the checkpoint)."""
+        vocab_size = self.data.tokenizer.vocab_size
+        if self.sft is not None and (self.checkpoint is None or self.sft.lora_rank):
+            # a LoRA run resumes from the same frozen base, under the adapters it saved
+            return starting_model(self.sft, vocab_size, self.checkpoint).to(self.device).train()
+        expected = self.config.model_config(vocab_size) if self.sft is None else None
         if self.checkpoint is None:
-            return GPT(self.model_config).to(self.device).train()
+            return GPT(expected).to(self.device).train()
         model, tokenizer = load_model(self.checkpoint, device="cpu")
-        if model.config != self.model_config:
+        if expected is not None and model.config != expected:
             raise ValueError(
                 f"the checkpoint {self.checkpoint} holds a different model than the config describes: "
-                f"{model.config} vs {self.model_config}"
+                f"{model.config} vs {expected}"
             )
         if tokenizer is not None and tokenizer.fingerprint != self.data.tokenizer.fingerprint:
             raise ValueError(
@@ -303,9 +323,9 @@ class Trainer:
         for x, y in zip(self.val_x[rows].split(self.micro_batch_size), self.val_y[rows].split(self.micro_batch_size)):
             with self.autocast():
                 _, loss = self.model(x.to(self.device), y.to(self.device))
-            total += loss.double() * y.numel()
+            total += loss.double() * y.ne(-1).sum()  # the loss is the mean over targets not ignored (-1)
         self.model.train()
-        tokens = self.val_y.numel()
+        tokens = self.val_y.ne(-1).sum().item()
         val_loss = self.dist.sum(total).item() / tokens
         result = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700))}
         if self.bytes_in_val_subset:
@@ -323,6 +343,9 @@ class Trainer:
 
         A collective: every process must call it."""
         state = get_model_state_dict(self.model, options=FULL_STATE)
+        layers = lora_layers(self.raw_model)
+        if layers and self.dist.is_main:  # LoRA: the checkpoint's weights are the merged ones
+            state = merged_state_dict(state, next(iter(layers.values())).scale)
         model = GPT(self.model_config, device="meta")  # allocates nothing; the tensors are assigned
         if self.dist.is_main:
             model.load_state_dict(state, assign=True)
@@ -348,8 +371,10 @@ class Trainer:
         model = self.gather_model()
         optimizer_state = get_optimizer_state_dict(self.model, self.optimizer, options=FULL_STATE)
         rng = self.dist.gather(rng_state())
+        # LoRA: the adapters alone too, in peft's layout (a resumed run puts them back on the base)
+        adapters = (lambda tmp: write_adapter_files(self.raw_model, tmp, self.sft.init_from)) if lora_layers(self.raw_model) else None
         return self.checkpoints.save(self.step, model, self.data.tokenizer, self.checkpoint_metadata(val_loss),
-                                     lambda: self.trainer_state(optimizer_state, rng), self.config.to_dict())  # fmt: skip
+                                     lambda: self.trainer_state(optimizer_state, rng), self.config.to_dict(), adapters)  # fmt: skip
 
     def save_best(self, val_loss: float) -> None:
         """Write best/ (weights and tokenizer, no trainer state) atomically (a collective)."""
@@ -430,16 +455,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ reporting
     def describe_model(self) -> str:
-        params = sum(p.numel() for p in self.raw_model.parameters())  # FSDP: DTensors report the full size
-        return f"{self.config.model.get('preset')} {params / 1e6:.2f}M parameters"
+        trainable, params = trainable_share(self.raw_model)  # FSDP: DTensors report the full size
+        if self.sft is None:
+            return f"{self.config.model.get('preset')} {params / 1e6:.2f}M parameters"
+        what = f"fine-tuned from {self.sft.init_from}: {params / 1e6:.2f}M parameters"
+        return what + (f", LoRA rank {self.sft.lora_rank}: {trainable:,} trainable ({trainable / params:.2%})" if self.sft.lora_rank else "")
 
     def describe(self) -> str:
         """What is about to run, in a few lines."""
         c, m = self.config, self.data.meta
         b, o, cur = c.batch, c.optim, c.curriculum
         processes = f"{self.dist.world_size} processes ({'FSDP2' if self.fsdp else 'DDP'})" if self.dist.world_size > 1 else "1 process"
+        source = f"{c.sft.conversations} ({m['conversations'][0]} + {m['conversations'][1]} held-out conversations)" if self.sft else c.data.corpus
         lines = [
-            f"data: {c.data.corpus} ({m['tokenizer']['kind']} tokenizer, {m['tokenizer']['vocab_size']:,} ids): "
+            f"data: {source} ({m['tokenizer']['kind']} tokenizer, {m['tokenizer']['vocab_size']:,} ids): "
             f"{m['train_tokens']:,} train / {m['val_tokens']:,} val tokens",
             f"model: {self.describe_model()}, {c.hardware.precision}{', compiled' if c.hardware.compile else ''}, "
             f"{self.device}, {processes}",
