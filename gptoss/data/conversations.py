@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -96,25 +97,31 @@ def normalize_tool_call(call, where: str) -> dict:
     return {"name": function["name"], "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}
 
 
-def read_conversations(path: str | Path) -> list[list[dict]]:
-    """The conversations of a JSONL file (one {"messages": [...]} per line; blank lines skipped),
-    checked: a malformed line is a ValueError naming the file and line number."""
+def read_jsonl(path: str | Path, what: str) -> Iterator[tuple[str, object]]:
+    """("file:line", value) for each non-blank line of a JSONL file of `what`; a missing file or a
+    line that is not JSON is an error naming the file and line number."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"conversations file {path} does not exist")
-    conversations = []
+        raise FileNotFoundError(f"{what} file {path} does not exist")
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             where = f"{path}:{number}"
             try:
-                record = json.loads(line)
+                yield where, json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(record, dict) or "messages" not in record:
-                raise ValueError(f"{where}: each line must be an object with \"messages\"")
-            conversations.append(check_messages(record["messages"], where))
+
+
+def read_conversations(path: str | Path) -> list[list[dict]]:
+    """The conversations of a JSONL file (one {"messages": [...]} per line; blank lines skipped),
+    checked: a malformed line is a ValueError naming the file and line number."""
+    conversations = []
+    for where, record in read_jsonl(path, "conversations"):
+        if not isinstance(record, dict) or "messages" not in record:
+            raise ValueError(f"{where}: each line must be an object with \"messages\"")
+        conversations.append(check_messages(record["messages"], where))
     if not conversations:
         raise ValueError(f"{path} holds no conversations")
     return conversations

@@ -14,14 +14,13 @@ the expected answer.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from gptoss.data.conversations import check_messages, renderer_for
+from gptoss.data.conversations import check_messages, read_jsonl, renderer_for
 from gptoss.inference.generation import generate_batch
 
 
@@ -56,18 +55,8 @@ def text_metrics(model, tokenizer, text: str, seq_len: int | None = None, batch_
 
 def read_answer_file(path: str | Path) -> list[tuple[list[dict], str]]:
     """(messages, expected answer) of each line of a JSONL answers file; bad lines name their number."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"answers file {path} does not exist")
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+    for where, record in read_jsonl(path, "answers"):
         if not isinstance(record, dict) or "answer" not in record or not ("messages" in record or "prompt" in record):
             raise ValueError(f"{where}: each line must be an object with \"answer\" and \"messages\" (or \"prompt\")")
         messages = record.get("messages") or [{"role": "user", "content": record["prompt"]}]
