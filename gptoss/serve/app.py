@@ -149,8 +149,8 @@ def sampling(body: dict) -> tuple[SamplingOptions, int | None]:
     temperature = number(body, "temperature", 1.0, 0.0, MAX_TEMPERATURE)
     top_p = number(body, "top_p", None, 0.0, 1.0, low_open=True)
     seed = body.get("seed")
-    if seed is not None and not is_int(seed):
-        raise ApiError(400, f"seed must be an integer, got {seed!r}", param="seed")
+    if seed is not None and not (is_int(seed) and -(2**63) <= seed < 2**64):
+        raise ApiError(400, f"seed must be a 64-bit integer, got {seed!r}", param="seed")
     if temperature == 0 or top_p == 1:
         top_p = None  # greedy decoding ignores it; 1 keeps every token
     try:
