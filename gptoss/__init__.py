@@ -9,6 +9,7 @@ The lesson is at the top: `config.py` (GPTConfig and its presets), `model.py` (t
     train/        run config, trainer and its parts (distributed, checkpoints, metrics, signals,
                   optimizer, schedule, training windows), the seed's simple train_model loop
     inference/    generate / stream, stop strings, sampling, CPU kernels, chat formats
+    serve/        the OpenAI-compatible server: continuous-batching engine, OpenAI/harmony formats, HTTP app, chat page
     cli/          every `gptoss` verb, sharing one argument vocabulary and one error wrapper
 
 One dependency direction, checked by tests/test_layout.py: a module imports only from its own
