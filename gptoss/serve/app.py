@@ -5,6 +5,7 @@
     POST /v1/completions        plain prompt continuation
     GET  /health                {"status": "ok", ...}
     GET  /                      the chat page (gptoss/serve/static/index.html)
+    POST /gptoss/inspect        this project's own: what each layer does with a text (the page's Inspect tab)
 
 A request is checked here, in full, before it reaches the engine: bad input is a 4xx in OpenAI's
 shape {"error": {"message", "type", "param", "code"}} and never enters the decode loop. The engine
@@ -37,6 +38,7 @@ from starlette.routing import Route
 
 from gptoss.inference.sampling import SamplingOptions
 from gptoss.serve.engine import Engine, QueueFull, Request
+from gptoss.serve.inspect_view import inspect_view
 from gptoss.serve.openai_format import BadRequest, TextDecoder, chat_for, check_messages, check_tools
 from gptoss.util.checks import is_int
 
@@ -387,6 +389,18 @@ class Server:
                            param="model", code="model_not_found")  # fmt: skip
         return JSONResponse(self.model_card())
 
+    async def inspect(self, request: HTTPRequest):
+        body = await self.body(request)
+        text = body.get("text")
+        if not isinstance(text, str) or not text:
+            raise ApiError(400, "text must be a non-empty string: the text to inspect", param="text")
+        try:
+            ids = self.tokenizer.encode(text)
+            view = await asyncio.wrap_future(self.engine.call(lambda: inspect_view(self.model, self.tokenizer, ids)))
+        except ValueError as error:  # too long, or characters the tokenizer cannot encode
+            raise ApiError(400, str(error), param="text") from None
+        return JSONResponse(view)
+
     async def health(self, request: HTTPRequest):
         engine = self.engine
         return JSONResponse({"status": "ok", "model": self.model_name, "active": engine.active, "waiting": len(engine.waiting),
@@ -427,6 +441,7 @@ def create_app(model, tokenizer, *, model_name: str, api_key: str | None = None,
         Route("/v1/models/{name:path}", server.model, methods=["GET"]),
         Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
+        Route("/gptoss/inspect", server.inspect, methods=["POST"]),
         Route("/health", server.health, methods=["GET"]),
         Route("/", server.index, methods=["GET"]),
     ]

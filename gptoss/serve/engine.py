@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
@@ -132,6 +133,7 @@ class Engine:
         self.max_batch, self.max_queue, self.vocab_limit = max_batch, max_queue, vocab_limit
         self.device = model.lm_head.weight.device
         self.waiting: deque[Request] = deque()
+        self.calls: deque[tuple[Callable, Future]] = deque()  # work for the model between steps (see call)
         self.rows: list[_Row] = []
         self.batch: KVCache | None = None  # the rows' merged cache; None when it must be rebuilt
         self.wake = threading.Condition()
@@ -147,6 +149,15 @@ class Engine:
                 raise QueueFull(f"the server is busy: {len(self.waiting)} requests are already waiting")
             self.waiting.append(request)
             self.wake.notify()
+
+    def call(self, fn: Callable) -> Future:
+        """Run fn() on the loop's thread between two decode steps, so that it may use the model
+        (no step runs meanwhile); its result, or its exception, comes in the Future."""
+        future: Future = Future()
+        with self.wake:
+            self.calls.append((fn, future))
+            self.wake.notify()
+        return future
 
     @property
     def active(self) -> int:
@@ -170,10 +181,16 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self.wake:
-                while self.running and not self.rows and not self.waiting:
+                while self.running and not self.rows and not self.waiting and not self.calls:
                     self.wake.wait()
                 if not self.running:
                     break
+                calls, self.calls = list(self.calls), deque()
+            for fn, future in calls:
+                try:
+                    future.set_result(fn())
+                except Exception as error:  # the caller's to handle
+                    future.set_exception(error)
             try:
                 with torch.inference_mode():
                     self._admit()
@@ -188,6 +205,8 @@ class Engine:
             row.request.emit([], "cancelled")
         for request in self.waiting:
             request.emit([], "cancelled")
+        for _, future in self.calls:
+            future.cancel()
 
     def _admit(self) -> None:
         """Move waiting requests into the batch while rows are free and they fit the context."""

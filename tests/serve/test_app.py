@@ -79,6 +79,8 @@ class ScriptedModel(GPT):
         self.prompts: list[str] = []
 
     def forward(self, idx, targets=None, *, cache=None, **kwargs):
+        if cache is None:  # not a generation (the page's Inspect tab): the model as it is
+            return super().forward(idx, targets, **kwargs)
         start = cache.next_position.clone()  # (B,): the position of idx[:, 0] in each row
         logits = super().forward(idx, cache=cache, **kwargs)  # (B, 1, vocab)
         B, T = idx.shape
@@ -262,6 +264,39 @@ def test_gpt_oss_reasoning_content_and_tool_calls_round_trip(harmony):
     assert answer.choices[0].message.reasoning_content == "It is warm."
     assert answer.choices[0].finish_reason == "stop" and not answer.choices[0].message.tool_calls
     assert model.prompts[-1].endswith('{"temp": 20}<|end|><|start|>assistant')
+
+
+# ---------------------------------------------------------------------------------------- inspect
+def test_inspect_between_decode_steps_gives_the_models_own_views(plain, gpt2_tokenizer):
+    url, model, _ = plain
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    ids = gpt2_tokenizer.encode(PROMPT)
+    with httpx.Client(timeout=30, headers=headers) as http:
+        with http.stream("POST", url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 60, "temperature": 0, "stream": True}) as stream:
+            lines = stream.iter_lines()
+            next(line for line in lines if line)  # a reply is decoding while the view is recorded
+            view = http.post(url + "/gptoss/inspect", json={"text": PROMPT}).json()
+            rest = [line for line in lines if line]
+        too_long = http.post(url + "/gptoss/inspect", json={"text": TOO_LONG})
+    assert rest[-1] == "data: [DONE]"
+    assert view["tokens"] == [gpt2_tokenizer.decode([i]).replace(" ", "·").replace("\n", "\\n") for i in ids]
+    assert len(view["attention"]) == model.config.num_layers and view["sinks"] is None and view["experts"] is None
+    for weights in view["attention"]:  # (T, T) per layer: causal, each row sums to 1
+        assert all(abs(sum(row) - 1) < 0.01 and not any(row[q + 1 :]) for q, row in enumerate(weights))
+    with torch.no_grad():
+        predicted = model(torch.tensor([ids]))[0].argmax(-1).tolist()
+    assert view["logit_lens"][-1]["tokens"] == [gpt2_tokenizer.decode([t]).replace(" ", "·").replace("\n", "\\n") for t in predicted]
+    assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "text"
+
+
+def test_inspect_a_gpt_oss_model_shows_sinks_and_experts(harmony):
+    client, model = harmony
+    view = httpx.post(str(client.base_url).replace("/v1/", "/gptoss/inspect"), json={"text": "Weather in Paris?"}, timeout=30).json()
+    config = model.config
+    assert view["windows"] == [config.sliding_window if i % 2 == 0 else None for i in range(config.num_layers)]
+    for layer, weights in enumerate(view["attention"]):  # the weights over the keys and the sinks' share make 1
+        assert all(abs(sum(row) + view["sinks"][layer][q] - 1) < 0.01 for q, row in enumerate(weights))
+    assert all(len(chosen) == config.experts_per_token and len(set(chosen)) == len(chosen) for layer in view["experts"] for chosen in layer)
 
 
 # ---------------------------------------------------------------------------------------- errors

@@ -92,3 +92,23 @@ def test_cancelled_request_frees_its_row_and_a_full_queue_refuses_at_once():
         engine.stop()
     assert finishes == [("first", "cancelled"), ("second", "length")]
     assert first.completion_tokens < 200
+
+
+def test_calls_run_between_steps_on_the_loops_thread():
+    model = GPT(GPTConfig.preset("tiny", vocab_size=300)).eval()
+    engine = Engine(model).start()
+    try:
+        finishes = []
+        engine.submit(Request([1, 2], 100, lambda tokens, finish: finish and finishes.append(finish)))
+        while engine.active == 0:
+            time.sleep(0.005)
+        steps = engine.steps
+        assert engine.call(lambda: (threading.current_thread().name, engine.steps >= steps)).result(10) == ("gptoss-engine", True)
+        with pytest.raises(ZeroDivisionError):  # the caller's error comes back to the caller; the loop goes on
+            engine.call(lambda: 1 / 0).result(10)
+        deadline = time.monotonic() + 30
+        while not finishes and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        engine.stop()
+    assert finishes == ["length"]

@@ -41,7 +41,7 @@ def page(harmony_tokenizer):  # noqa: F811
         ("Wherefore art thou Romeo?", encode(f"<|channel|>analysis<|message|>{REASONING}<|end|><|start|>assistant<|channel|>final<|message|>{ANSWER}<|return|>")),
     ]  # fmt: skip
     torch.manual_seed(0)
-    config = GPTConfig.preset("gpt-oss-tiny", vocab_size=harmony_tokenizer.vocab_size, max_seq_len=1024, num_layers=1)
+    config = GPTConfig.preset("gpt-oss-tiny", vocab_size=harmony_tokenizer.vocab_size, max_seq_len=1024, num_layers=2)
     app = create_app(SlowScriptedModel(config, harmony_tokenizer, scripts).eval(), harmony_tokenizer, model_name="gpt-oss-tiny")
     with running_server(app) as url:
         yield url + "/", app.state.server
@@ -116,3 +116,28 @@ def test_the_stop_button_stops_the_reply(page, driver):
     time.sleep(0.2)
     assert driver.execute_script("return document.querySelector('.assistant .answer').textContent") == shown
     assert not driver.find_element("id", "send").get_attribute("disabled")
+
+
+def test_the_inspect_tab_shows_what_a_clicked_token_attended_to_and_its_experts(page, driver):
+    url, server = page
+    driver.get(url)
+    wait_for(driver, "document.getElementById('model').textContent.startsWith('gpt-oss-tiny')")
+    send(driver, "Wherefore art thou Romeo?")
+    wait_for(driver, "document.querySelector('.assistant[data-finish]')")
+    driver.find_element("id", "tab-inspect").click()
+    assert driver.find_element("id", "inspect-text").get_attribute("value") == f"Wherefore art thou Romeo?\n{ANSWER}"  # the last exchange
+    driver.find_element("id", "inspect-run").click()
+    tokens = wait_for(driver, "document.querySelectorAll('#inspect-tokens .token').length")
+    assert tokens == len(server.tokenizer.encode(f"Wherefore art thou Romeo?\n{ANSWER}"))
+    driver.execute_script("document.querySelectorAll('#inspect-tokens .token')[3].click();")
+    rows = driver.execute_script("""return Array.from(document.querySelectorAll('table.layers tr.layer')).map(
+        (row) => Array.from(row.cells).map((c) => c.textContent));""")  # fmt: skip
+    assert len(rows) == server.model.config.num_layers
+    layer, strip, sinks, experts, lens = rows[0]
+    assert layer == "0 (window 32)" and strip == "".join(driver.execute_script(
+        "return Array.from(document.querySelectorAll('#inspect-tokens .token')).slice(0, 4).map((t) => t.textContent);"))  # fmt: skip
+    assert sinks.endswith("%") and experts.count("e") == server.model.config.experts_per_token and "(" in lens
+    assert "token 3" in driver.find_element("css selector", "#inspect-detail p").text
+    if os.environ.get("GPTOSS_SERVE_SCREENSHOT"):
+        driver.execute_script("document.querySelectorAll('#inspect-tokens .token')[12].click();")
+        driver.save_screenshot(os.environ["GPTOSS_SERVE_SCREENSHOT"].replace(".png", "_inspect.png"))
