@@ -451,3 +451,15 @@ def test_random_bodies_never_fail_the_server(fuzz_url, path, body):
         assert finishes[-1] in ("stop", "length") and not any(finishes[:-1])
     else:
         assert json.loads(lines[0])["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+# ---------------------------------------------------------------------------------------- the command
+def test_the_command_binds_to_loopback_by_default_and_refuses_bad_flags(capsys):
+    from gptoss.cli import build_parser, main
+
+    args = build_parser().parse_args(["serve", "--preset", "tiny"])
+    assert (args.host, args.port, args.api_key, args.max_batch, args.max_queue) == ("127.0.0.1", 8000, None, 16, 64)
+    assert main(["serve", "--preset", "tiny", "--max-batch", "0"]) == 2
+    assert "--max-batch must be a positive integer" in capsys.readouterr().err
+    assert main(["serve", "--preset", "tiny", "--port", "70000"]) == 2
+    assert "--port must be in 1..65535" in capsys.readouterr().err
