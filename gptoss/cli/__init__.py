@@ -13,7 +13,7 @@ import importlib
 import sys
 
 # verb modules, in the order their help is shown
-VERBS = ["prepare", "convert", "train", "eval", "generate", "chat", "inspect"]
+VERBS = ["prepare", "convert", "train", "eval", "generate", "chat", "serve", "inspect"]
 # what bad input raises: a clear message for the user, not a bug to trace
 USER_ERRORS = (ValueError, TypeError, OSError)
 

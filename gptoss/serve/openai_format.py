@@ -61,7 +61,7 @@ def check_messages(messages) -> list[dict]:
         if role == "assistant":
             for call in check_tool_calls(message.get("tool_calls"), i):
                 call_ids.add(call["id"])
-        if role == "tool" and message.get("tool_call_id") not in call_ids:
+        if role == "tool" and not (isinstance(message.get("tool_call_id"), str) and message["tool_call_id"] in call_ids):
             raise BadRequest(f"messages[{i}]: a tool message must answer a tool call of an earlier assistant message (tool_call_id)", "messages")
     if messages[-1]["role"] not in ("user", "tool"):
         raise BadRequest("the last message must be from the user (or a tool result): the reply is the assistant's", "messages")
