@@ -36,7 +36,7 @@ STORIES = (
 
 def column_working(a: int, b: int) -> str:
     """The sum worked out as on paper, one column at a time from the right: for 59 + 98,
-    "9+8=17 c1, 5+9+1=15 c1, so 157" (each column's sum, its carry, then the result's digits)."""
+    "59+98: 9+8=17 c1, 5+9+1=15 c1, so 157" (the numbers, each column's sum and carry, the result)."""
     digits = max(len(str(a)), len(str(b)))
     xs, ys = str(a).zfill(digits)[::-1], str(b).zfill(digits)[::-1]
     steps, carry = [], 0
@@ -44,7 +44,7 @@ def column_working(a: int, b: int) -> str:
         total = int(x) + int(y) + carry
         steps.append(f"{x}+{y}{f'+{carry}' if carry else ''}={total} c{total // 10}")
         carry = total // 10
-    return ", ".join(steps) + f", so {a + b}"
+    return f"{a}+{b}: " + ", ".join(steps) + f", so {a + b}"
 
 
 def addition_problem(rng: random.Random, a: int, b: int) -> dict:
@@ -87,7 +87,7 @@ def timed(what: str, *args: str) -> tuple[str, float]:
 
 def accuracy(checkpoint: Path, answers: Path) -> float:
     out, _ = timed(f"gptoss eval --checkpoint {checkpoint} --answers {answers.name}", "eval", "--checkpoint", str(checkpoint),
-                   "--answers", str(answers), "--max-new-tokens", "48", "--batch-size", "50", "--json")  # fmt: skip
+                   "--answers", str(answers), "--max-new-tokens", "64", "--batch-size", "50", "--json")  # fmt: skip
     return json.loads(out.strip().splitlines()[-1])["answers"]["accuracy"]
 
 

@@ -127,3 +127,32 @@ def test_bad_sft_inputs_are_clear_errors(sft_files, tmp_path):
         Trainer(sft_config(sft_files, tmp_path / "a").replace(sft={"conversations": str(bad), "init_from": str(sft_files / "base")}))
     with pytest.raises(ValueError, match=r"conversations.jsonl:\d+: the conversation takes \d+ tokens, more than a window of 8"):
         Trainer(sft_config(sft_files, tmp_path / "b").replace(seq_len=8))
+
+
+def test_chat_command_talks_in_the_template_after_fine_tuning(sft_files, tmp_path):
+    """`gptoss chat` as a real process on a fine-tuned char model: it recognises the chat template's
+    tokens, and the greedy replies are what the model learnt (the reasoning only with --show-analysis)."""
+    import os
+    import subprocess
+    import sys
+
+    lessons = {"hi": ("greet", "hello"), "2+2=?": ("two and two", "4")}
+    conversations = tmp_path / "lessons.jsonl"
+    conversations.write_text("".join(json.dumps({"messages": [{"role": "user", "content": question}, {"role": "assistant", "thinking": thinking, "content": answer}]}) + "\n"
+                                     for question, (thinking, answer) in lessons.items()) * 4)  # fmt: skip
+    config = sft_config(sft_files, tmp_path / "run").replace(
+        sft={"conversations": str(conversations), "init_from": str(sft_files / "base")}, max_steps=150,
+        learning_rate=1e-2, batch_size=2, eval_every=0, checkpoint_every=0, log_every=50,
+    )  # fmt: skip
+    trainer = Trainer(config)
+    trainer.fit()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def chat(*options: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "gptoss", "chat", "--checkpoint", str(trainer.latest_checkpoint()), "--greedy", "--max-new-tokens", "16", *options],
+                                input="hi\n/reset\n2+2=?\n", capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert chat() == "> hello\n> > 4\n> \n"  # /reset: each question alone, as they were learnt
+    assert chat("--show-analysis") == "> [analysis] greet\nhello\n> > [analysis] two and two\n4\n> \n"
