@@ -190,8 +190,8 @@ class Attention(nn.Module):
         return q, k, v
 
     def attention_weights(self, q, k, mask) -> torch.Tensor:
-        """The softmax weights of each query over the keys, in fp32 (the sink path's own, and what
-        gptoss.inspection records for every layer).
+        """The softmax weights of each query over the keys, in fp32, written out: what
+        gptoss.inspection records for every layer, and the reference attend_with_sinks is tested against.
 
         q (B, H, T, hs), k (B, Hkv, S, hs), mask (B, 1, T, S) bool or None (every key visible) ->
         (B, H, T, S), or with sinks (B, H, T, S + 1): the last column is the sink's share.
@@ -207,14 +207,32 @@ class Attention(nn.Module):
         return torch.softmax(scores, dim=-1, dtype=torch.float32)
 
     def attend_with_sinks(self, q, k, v, mask, dropout: float) -> torch.Tensor:
-        """Softmax attention with the sink logit appended as an extra column, then dropped.
+        """Softmax attention with a sink logit per head, through the fused attention kernel.
+
+        The sink is one more key, after the real ones: every query sees it, its value is zero, and
+        its score is the head's sink. The score comes from one extra feature: the queries of head h
+        carry sink_h * sqrt(hs) there, the real keys 0 and the sink key 1, so q.k / sqrt(hs) is
+        unchanged for real keys and is sink_h for the sink key (and the sinks' gradient flows back
+        through the queries). Values get the extra feature too (the kernel wants one head size);
+        it is zero and dropped from the output. Same result as the softmax of attention_weights.
 
         q (B, H, T, hs), k/v (B, Hkv, S, hs), mask (B, 1, T, S) or None (every key visible) ->
         (B, H, T, hs). The weights over real keys sum to 1 - p(sink) < 1.
         """
-        weights = self.attention_weights(q, k, mask)[..., :-1].to(v.dtype)  # (B, H, T, S)
-        weights = F.dropout(weights, dropout, self.training)
-        return weights @ v.repeat_interleave(self.num_heads // self.kv_heads, dim=1)
+        B, H, T, hs = q.shape
+        # a sink of -inf (no sink) would make the real keys' scores 0 * -inf = NaN; exp(-1e4) is 0 already
+        sink = self.sinks.clamp(min=-1e4)
+        sink_feature = (sink * math.sqrt(hs)).to(q.dtype).view(1, H, 1, 1).expand(B, H, T, 1)
+        q = torch.cat([q, sink_feature], dim=-1)  # (B, H, T, hs + 1)
+        k = F.pad(k, (0, 1, 0, 1))  # (B, Hkv, S + 1, hs + 1): zero extra feature, zero sink key ...
+        k[..., -1, -1] = 1.0  # ... but for the sink key's extra feature
+        v = F.pad(v, (0, 1, 0, 1))  # (B, Hkv, S + 1, hs + 1): all zero for the sink key
+        if mask is not None:
+            mask = F.pad(mask, (0, 1), value=True)  # (B, 1, T, S + 1): every query sees the sink
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, scale=1 / math.sqrt(hs), enable_gqa=True
+        )
+        return y[..., :hs]
 
 
 # ---------------------------------------------------------------------------------------- MLPs
