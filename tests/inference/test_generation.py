@@ -163,14 +163,16 @@ def test_prepared_model_copies_and_pickles_without_its_packed_copy(model, pack_e
 
 
 def test_bf16_and_casts_take_the_matching_path(model, pack_every_linear, linear_path):
-    """bf16 weights use oneDNN's copy; a prepared model cast to bf16 and back repacks each time."""
+    """bf16 weights are read in place by the C kernel (oneDNN's copy without it); a prepared model
+    cast to bf16 and back repacks each time."""
     fast = prepare_for_inference(random_model(model.config), dtype=torch.bfloat16)
     idx = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(8))
     reference = random_model(model.config).to(torch.bfloat16)
     reference.load_state_dict(fast.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fast(idx), reference(idx))
-        assert fast.lm_head.tiles is None and fast.lm_head.packed_weight is not None
+        assert fast.lm_head.tiles is None and fast.lm_head.in_place == (linear_path == "C kernel")
+        assert (fast.lm_head.packed_weight is None) == (linear_path == "C kernel")
         fast.float()
         torch.testing.assert_close(fast(idx), reference.float()(idx), rtol=1e-5, atol=1e-5)
     assert (fast.lm_head.tiles is not None) == (linear_path == "C kernel")
