@@ -29,8 +29,12 @@
 
 #include <stdint.h>
 #include <string.h>
-#ifdef __AVX512BF16__
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
+#define INT8_INTRINSICS /* AVX-512 with byte and 16-bit masked loads */
+#if defined(__AVX512BF16__)
+#define BF16_INTRINSICS /* and the bf16 dot products */
+#endif
 #endif
 
 #define TILE 16  /* output features per tile: one 512-bit vector of fp32 */
@@ -136,7 +140,7 @@ static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as PyTor
 
 /* out[b] = sum_k w[k] x[b][k] for b < nx (x's rows in_features apart). Inlined with a constant
  * nx, the loops unroll and the X_ROWS x CHAINS sums stay in vector registers. */
-#if defined(__AVX512BF16__)
+#if defined(BF16_INTRINSICS)
 /* The CPU's bf16 dot products: _mm512_dpbf16_ps adds to each of 16 fp32 sums the products of two
  * pairs of bf16 values (exact in fp32): 32 columns per instruction; the last in_features % 32
  * columns are loaded under a mask (zeros beyond). */
@@ -180,7 +184,7 @@ static inline __attribute__((always_inline)) void dot_bf16(const uint16_t *w, in
 }
 #endif
 
-#if defined(__AVX512F__)
+#if defined(INT8_INTRINSICS)
 /* int8 weights widened to fp32 in registers (16 per instruction), times fp32 x. */
 static inline __attribute__((always_inline)) void dot_int8(const int8_t *w, int nw, const float *x, int nx,
                                                            long in_features, float out[W_ROWS][X_ROWS]) {
@@ -249,10 +253,10 @@ static inline __attribute__((always_inline)) void dot_int8(const int8_t *w, int 
     }
 
 #define AS_FLOAT(v) ((float)(v))
-#if !defined(__AVX512BF16__)
+#if !defined(BF16_INTRINSICS)
 PORTABLE_DOT(dot_bf16, uint16_t, uint16_t, bf16_to_f32, bf16_to_f32)
 #endif
-#if !defined(__AVX512F__)
+#if !defined(INT8_INTRINSICS)
 PORTABLE_DOT(dot_int8, int8_t, float, AS_FLOAT, AS_FLOAT)
 #endif
 
