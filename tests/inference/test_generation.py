@@ -687,6 +687,23 @@ def test_generate_command_streams_the_continuation(char_checkpoint, char_model_a
     assert "decoding at n/a (one step)" in capsys.readouterr().err
 
 
+def test_generate_command_with_int8_weights(char_checkpoint, char_model_and_tokenizer, capsys, pack_every_linear):
+    """--weights int8: the tokens of the model prepared with weights="int8"."""
+    from gptoss.cli import main
+
+    if cpu_kernel.library() is None:
+        pytest.skip("the C kernel is off or cannot be built here: int8 needs it")
+    args = ["generate", "--checkpoint", str(char_checkpoint), "--prompt", "the ", "--max-new-tokens", "30", "--greedy"]
+    assert main(args + ["--weights", "int8"]) == 0
+    out, err = capsys.readouterr()
+    model, tokenizer = char_model_and_tokenizer
+    fast = prepare_for_inference(random_model(model.config, seed=3), weights="int8")
+    assert out == "the " + "".join(stream_text(fast, tokenizer, "the ", 30, temperature=0)) + "\n"
+    assert "int8 linear weights" in err
+    assert main(args + ["--weights", "bf16", "--dtype", "float32"]) == 2
+    assert "disagree" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
