@@ -575,7 +575,10 @@ class GPT(nn.Module):
         temperature=0 is greedy; top_k keeps only the k most likely tokens. See
         gptoss.inference.generation.generate for the other options (top_p, seeds...); stop tokens,
         streaming and batches of prompts of any lengths are gptoss.inference's stream and
-        generate_batch. On a CPU, gptoss.inference.prepare_for_inference(model) first makes it fast.
+        generate_batch. On a CPU, call gptoss.inference.prepare_for_inference(model) once first:
+        the linear layers then read their weights through C kernels at about the memory's speed
+        (`weights="bf16"` or `"int8"` also halves or quarters the bytes read per token; `gptoss
+        generate` does this by default, its --weights flag choosing the format).
         """
         from gptoss.inference.generation import generate  # a facade: generation lives above the model
 
