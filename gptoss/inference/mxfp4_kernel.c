@@ -288,6 +288,9 @@ int mxfp4_experts(const void *x, int x_bf16, long n, long d_model, long d_ff, lo
         for (long a = 0; a < assignments; a++) order[next[top_experts[a]]++] = a;
     }
 
+    /* hidden values are written one by one: the padding of an odd number of blocks must be zero */
+    if ((d_ff / BLOCK) % 2) memset(h_split, 0, (size_t)(assignments * h_stride) * sizeof(uint16_t));
+
     long gu_groups = d_model / BLOCK, dn_groups = d_ff / BLOCK;
     long gu_items_per_expert = (d_ff + ROW_ITEM / 2 - 1) / (ROW_ITEM / 2); /* ROW_ITEM rows = ROW_ITEM/2 hidden units */
     long dn_items_per_expert = (d_model + ROW_ITEM - 1) / ROW_ITEM;
