@@ -246,7 +246,7 @@ class Experts(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         E, D, F_ = config.num_experts, config.d_model, config.d_ff
-        self.limit, self.alpha = config.swiglu_limit, config.swiglu_alpha
+        self.num_experts, self.limit, self.alpha = E, config.swiglu_limit, config.swiglu_alpha
         self.gate_up_proj = nn.Parameter(torch.empty(E, D, 2 * F_))
         self.gate_up_proj_bias = nn.Parameter(torch.zeros(E, 2 * F_))
         self.down_proj = nn.Parameter(torch.empty(E, F_, D))
@@ -280,7 +280,7 @@ class Experts(nn.Module):
         token_index = order // top_experts.shape[1]  # token of each sorted assignment
         weight = top_weights.flatten()[order, None]  # (N*k, 1)
         # the one host read of a forward pass: the per-expert token counts size each expert's product
-        counts = torch.bincount(flat_experts, minlength=self.gate_up_proj_bias.shape[0]).tolist()
+        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()
 
         out = torch.zeros_like(tokens)
         start = 0

@@ -44,7 +44,7 @@
 #define BLOCK 32       /* values per MXFP4 block, sharing one scale */
 #define BLOCK_BYTES 16 /* two 4-bit codes per byte */
 #define PAIR 64        /* values per pair of blocks: the unit of the inner loop and of split vectors */
-#define TOKEN_TILE 4   /* vectors multiplied per decode of a row's pair of blocks */
+#define TOKEN_TILE 8   /* vectors multiplied per decode of a row's pair of blocks */
 #define ROW_ITEM 16    /* weight rows per unit of work handed to a thread */
 
 const long mxfp4_layout_version = 1; /* checked by mxfp4_kernel.py */
@@ -161,10 +161,13 @@ static inline __attribute__((always_inline)) void row_dot_body(const uint8_t *bl
 
 static void row_dot(const uint8_t *blocks, const uint8_t *scales, long groups, const uint16_t *const *x, int n,
                     long term_stride, int terms, float *out) {
-    switch (n * 4 + terms) {
+    switch (n * 4 + terms) { /* n = 1 .. TOKEN_TILE, terms = 1 .. 3 */
         ROW_DOT_CASE(1, 1) ROW_DOT_CASE(2, 1) ROW_DOT_CASE(3, 1) ROW_DOT_CASE(4, 1)
+        ROW_DOT_CASE(5, 1) ROW_DOT_CASE(6, 1) ROW_DOT_CASE(7, 1) ROW_DOT_CASE(8, 1)
         ROW_DOT_CASE(1, 2) ROW_DOT_CASE(2, 2) ROW_DOT_CASE(3, 2) ROW_DOT_CASE(4, 2)
+        ROW_DOT_CASE(5, 2) ROW_DOT_CASE(6, 2) ROW_DOT_CASE(7, 2) ROW_DOT_CASE(8, 2)
         ROW_DOT_CASE(1, 3) ROW_DOT_CASE(2, 3) ROW_DOT_CASE(3, 3) ROW_DOT_CASE(4, 3)
+        ROW_DOT_CASE(5, 3) ROW_DOT_CASE(6, 3) ROW_DOT_CASE(7, 3) ROW_DOT_CASE(8, 3)
     }
 }
 #else
