@@ -25,13 +25,15 @@ The bound is the read bandwidth (bench/machine.py's read_bandwidth, torch.sum; m
 after, the higher kept) over those bytes. For prefill the bound given is the memory's too (every
 expert read once for the whole prompt), which prefill, being compute-bound, stays far from.
 
-GPT-2 small rows (fp32, bf16; int8 once the linear kernels have it): `gpt2_rows` is the hook,
-filled when the dense-linear kernels are merged (issue 17's other half).
+With --gpt2 DIR, GPT-2 small rows too (a random one written to DIR, converted for llama.cpp to f32
+and bf16): decode in fp32 and bf16, and int8 weights against llama.cpp's q8_0 where
+prepare_for_inference has the option (`gpt2_formats`: the hook for issue 17's dense-linear half).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -45,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe, read_bandwidth  # noqa: E402
 
 GB = 1e9
+DTYPES = {"as-stored": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------------------------------- ours
@@ -55,8 +58,8 @@ def bytes_per_token(model, context: float, every_expert: bool = False) -> int:
     total = 0
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         nbytes = tensor.numel() * tensor.element_size()
-        if name.startswith("transformer.wte."):
-            nbytes = config.d_model * tensor.element_size()  # one row
+        if name.startswith("transformer.wte.") and not config.tie_embeddings:
+            nbytes = config.d_model * tensor.element_size()  # one row (tied, it is the unembedding too)
         elif ".experts." in name and not every_expert:
             nbytes = nbytes * config.experts_per_token // config.num_experts
         total += nbytes
@@ -91,14 +94,16 @@ def greedy(model, prompt: torch.Tensor, steps: int) -> tuple[float, list[int], f
 
 
 @torch.no_grad()
-def worker(checkpoint: str, prompt_tokens: int, new_tokens: int, check_tokens: int) -> dict:
+def worker(checkpoint: str, dtype: str, weights: str, prompt_tokens: int, new_tokens: int, check_tokens: int) -> dict:
     from gptoss import GPT
     from gptoss.checkpoints.mxfp4 import PackedExperts
     from gptoss.inference import prepare_for_inference
     from gptoss.inference.mxfp4_kernel import KernelExperts
 
     started = time.perf_counter()
-    model = prepare_for_inference(GPT.from_pretrained(checkpoint, progress=False))
+    dtype = DTYPES[dtype]
+    model = GPT.from_pretrained(checkpoint, dtype=dtype, progress=False)
+    model = prepare_for_inference(model, dtype, weights=weights) if weights != "auto" else prepare_for_inference(model, dtype)
     load_s = time.perf_counter() - started
     kernel_layers = sum(type(m) is KernelExperts for m in model.modules())
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_tokens), generator=torch.Generator().manual_seed(0))
@@ -125,12 +130,14 @@ def worker(checkpoint: str, prompt_tokens: int, new_tokens: int, check_tokens: i
 
 
 # ---------------------------------------------------------------------------------------- llama.cpp
-def convert(checkpoint: Path, gguf: Path, script: Path) -> None:
-    """The checkpoint as a GGUF, by llama.cpp's own converter (bf16; MXFP4 experts kept)."""
+def convert(checkpoint: Path, gguf: Path, script: Path | None, outtype: str = "bf16") -> None:
+    """The checkpoint as a GGUF, by llama.cpp's own converter (gpt-oss in bf16: MXFP4 experts kept)."""
+    if script is None:
+        raise SystemExit(f"{gguf} does not exist: give --convert (llama.cpp's convert_hf_to_gguf.py) to make it")
     env = {**os.environ, "PYTHONPATH": str(script.parent / "gguf-py")}
     print(f"converting {checkpoint} -> {gguf} ...", file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, str(script), str(checkpoint), "--outtype", "bf16", "--outfile", str(gguf)],
-                   check=True, env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run([sys.executable, str(script), str(checkpoint), "--outtype", outtype, "--outfile", str(gguf)],
+                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
 
 def llama_bench(binary: Path, gguf: Path, threads: int, prompt_tokens: int, new_tokens: int, repetitions: int) -> dict:
@@ -150,10 +157,26 @@ def llama_bench(binary: Path, gguf: Path, threads: int, prompt_tokens: int, new_
 
 
 # ---------------------------------------------------------------------------------------- GPT-2 small
-def gpt2_rows(args, bandwidth: float) -> list[str]:
-    """The GPT-2 small rows (ours in fp32 / bf16 / int8 vs llama.cpp f32 / bf16): the hook for the
-    dense-linear kernels' half of issue 17; none until they are merged."""
-    return []
+def gpt2_formats() -> list[tuple[str, str, str]]:
+    """(our dtype, our weights option, llama.cpp's --outtype) of the GPT-2 small rows: fp32 and
+    bf16, and int8 weights (against llama.cpp's q8_0) where prepare_for_inference has that option
+    (the dense-linear kernels of issue 17's other half)."""
+    formats = [("float32", "auto", "f32"), ("bfloat16", "auto", "bf16")]
+    from gptoss.inference import prepare_for_inference
+
+    if "weights" in inspect.signature(prepare_for_inference).parameters:
+        formats.append(("float32", "int8", "q8_0"))
+    return formats
+
+
+def write_gpt2(directory: Path) -> None:
+    """A random GPT-2 small as a Hugging Face checkpoint with its tokenizer files (llama.cpp's
+    converter needs them, and n_ctx in config.json, which the export writes)."""
+    from gptoss import GPT, GPTConfig
+    from gptoss.data.tokenizers import build_tokenizer
+
+    torch.manual_seed(0)
+    GPT(GPTConfig.preset("gpt2-small", dropout=0.0)).save_pretrained(directory, tokenizer=build_tokenizer("gpt2"))
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -168,6 +191,16 @@ def write_20b(directory: Path) -> None:
     print(f"writing a random gpt-oss-20b to {directory} ...", file=sys.stderr, flush=True)
     write_checkpoint(directory, config)
     write_hf_tokenizer(build_tokenizer("o200k_harmony"), directory, config.max_seq_len)  # llama.cpp's converter needs tokenizer.json
+
+
+def run_worker(args, checkpoint: Path, dtype: str, weights: str, check_tokens: int) -> dict:
+    """worker() in a fresh process (its peak RSS its own)."""
+    child = subprocess.run(
+        [sys.executable, __file__, "--worker", dtype, weights, "--checkpoint", str(checkpoint), "--threads", str(args.threads),
+         "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), "--check-tokens", str(check_tokens)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 def row(name: str, test: str, tok_s: float, nbytes: int, bandwidth: float, tokens_per_pass: int, rss: int | None) -> str:
@@ -187,32 +220,41 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--check-tokens", type=int, default=16, help="greedy steps compared with the PyTorch path (0: none)")
     parser.add_argument("--repetitions", type=int, default=2, help="llama-bench's -r")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--gpt2", type=Path, help="also GPT-2 small rows, from this HF directory (written when missing)")
+    parser.add_argument("--worker", nargs=2, metavar=("DTYPE", "WEIGHTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:
-        print(json.dumps(worker(str(args.checkpoint), args.prompt_tokens, args.new_tokens, args.check_tokens)))
+        print(json.dumps(worker(str(args.checkpoint), *args.worker, args.prompt_tokens, args.new_tokens, args.check_tokens)))
         return
 
     if not (args.checkpoint / "config.json").is_file():
         write_20b(args.checkpoint)
     gguf = args.gguf or args.checkpoint.with_suffix(".gguf")
     if args.llama_bench and not gguf.is_file():
-        if not args.convert:
-            raise SystemExit(f"{gguf} does not exist: give --convert (llama.cpp's convert_hf_to_gguf.py) to make it")
         convert(args.checkpoint, gguf, args.convert)
 
+    gpt2_ggufs = {}
+    if args.gpt2:
+        if not (args.gpt2 / "config.json").is_file():
+            write_gpt2(args.gpt2)
+        for _, _, outtype in gpt2_formats() if args.llama_bench else []:
+            gpt2_ggufs[outtype] = args.gpt2.with_name(f"{args.gpt2.name}-{outtype}.gguf")
+            if not gpt2_ggufs[outtype].is_file():
+                convert(args.gpt2, gpt2_ggufs[outtype], args.convert, outtype)
+
     bandwidth = read_bandwidth()
-    child = subprocess.run(
-        [sys.executable, __file__, "--worker", "--checkpoint", str(args.checkpoint), "--threads", str(args.threads),
-         "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
-         "--check-tokens", str(args.check_tokens)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    ours = json.loads(child.stdout.strip().splitlines()[-1])
+    ours = run_worker(args, args.checkpoint, "as-stored", "auto", args.check_tokens)
     theirs = None
     if args.llama_bench:
         theirs = llama_bench(args.llama_bench, gguf, args.threads, args.prompt_tokens, args.new_tokens, args.repetitions)
+    gpt2 = []
+    for dtype, weights, outtype in gpt2_formats() if args.gpt2 else []:
+        mine = run_worker(args, args.gpt2, dtype, weights, 0)
+        other = None
+        if outtype in gpt2_ggufs:
+            other = llama_bench(args.llama_bench, gpt2_ggufs[outtype], args.threads, args.prompt_tokens, args.new_tokens, args.repetitions)
+        gpt2.append((dtype if weights == "auto" else weights, outtype, mine, other))
     bandwidth = max(bandwidth, read_bandwidth())
 
     per_token, whole = ours["bytes_per_token"], ours["model_bytes"]
@@ -229,8 +271,12 @@ def main() -> None:
     print(row("gptoss", f"prefill {args.prompt_tokens} tokens", ours["prefill_tok_s"], whole, bandwidth, args.prompt_tokens, ours["peak_rss"]))
     if theirs:
         print(row("llama.cpp", f"prefill (pp{args.prompt_tokens})", theirs["prefill_tok_s"], whole, bandwidth, args.prompt_tokens, theirs["peak_rss"]))
-    for line in gpt2_rows(args, bandwidth):
-        print(line)
+    for ours_format, their_format, mine, other in gpt2:
+        print(row(f"gptoss, GPT-2 small {ours_format}", "decode, batch 1", mine["decode_tok_s"], mine["bytes_per_token"],
+                  bandwidth, 1, mine["peak_rss"]))  # fmt: skip
+        if other:
+            print(row(f"llama.cpp, GPT-2 small {their_format}", f"decode (tg{args.new_tokens})", other["decode_tok_s"],
+                      mine["bytes_per_token"], bandwidth, 1, other["peak_rss"]))  # fmt: skip
     if "check_tokens" in ours:
         print(f"\ngreedy tokens, MXFP4 kernel vs the PyTorch path (experts decoded to bf16; "
               f"{ours['pytorch_path_decode_tok_s']:.2f} tokens/s): the first {ours['agreeing_tokens']} of "
