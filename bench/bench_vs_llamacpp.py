@@ -25,15 +25,13 @@ The bound is the read bandwidth (bench/machine.py's read_bandwidth, torch.sum; m
 after, the higher kept) over those bytes. For prefill the bound given is the memory's too (every
 expert read once for the whole prompt), which prefill, being compute-bound, stays far from.
 
-With --gpt2 DIR, GPT-2 small rows too (a random one written to DIR, converted for llama.cpp to f32
-and bf16): decode in fp32 and bf16, and int8 weights against llama.cpp's q8_0 where
-prepare_for_inference has the option (`gpt2_formats`: the hook for issue 17's dense-linear half).
+With --gpt2, the GPT-2 small rows too, from bench/bench_kernels.py (see gpt2_rows), in the same
+run and against the same bandwidth.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import subprocess
@@ -47,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe, read_bandwidth  # noqa: E402
 
 GB = 1e9
-DTYPES = {"as-stored": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------------------------------- ours
@@ -94,16 +91,14 @@ def greedy(model, prompt: torch.Tensor, steps: int) -> tuple[float, list[int], f
 
 
 @torch.no_grad()
-def worker(checkpoint: str, dtype: str, weights: str, prompt_tokens: int, new_tokens: int, check_tokens: int) -> dict:
+def worker(checkpoint: str, prompt_tokens: int, new_tokens: int, check_tokens: int) -> dict:
     from gptoss import GPT
     from gptoss.checkpoints.mxfp4 import PackedExperts
     from gptoss.inference import prepare_for_inference
     from gptoss.inference.mxfp4_kernel import KernelExperts
 
     started = time.perf_counter()
-    dtype = DTYPES[dtype]
-    model = GPT.from_pretrained(checkpoint, dtype=dtype, progress=False)
-    model = prepare_for_inference(model, dtype, weights=weights) if weights != "auto" else prepare_for_inference(model, dtype)
+    model = prepare_for_inference(GPT.from_pretrained(checkpoint, progress=False))  # as `gptoss generate` does
     load_s = time.perf_counter() - started
     kernel_layers = sum(type(m) is KernelExperts for m in model.modules())
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_tokens), generator=torch.Generator().manual_seed(0))
@@ -157,26 +152,20 @@ def llama_bench(binary: Path, gguf: Path, threads: int, prompt_tokens: int, new_
 
 
 # ---------------------------------------------------------------------------------------- GPT-2 small
-def gpt2_formats() -> list[tuple[str, str, str]]:
-    """(our dtype, our weights option, llama.cpp's --outtype) of the GPT-2 small rows: fp32 and
-    bf16, and int8 weights (against llama.cpp's q8_0) where prepare_for_inference has that option
-    (the dense-linear kernels of issue 17's other half)."""
-    formats = [("float32", "auto", "f32"), ("bfloat16", "auto", "bf16")]
-    from gptoss.inference import prepare_for_inference
-
-    if "weights" in inspect.signature(prepare_for_inference).parameters:
-        formats.append(("float32", "int8", "q8_0"))
-    return formats
-
-
-def write_gpt2(directory: Path) -> None:
-    """A random GPT-2 small as a Hugging Face checkpoint with its tokenizer files (llama.cpp's
-    converter needs them, and n_ctx in config.json, which the export writes)."""
-    from gptoss import GPT, GPTConfig
-    from gptoss.data.tokenizers import build_tokenizer
-
-    torch.manual_seed(0)
-    GPT(GPTConfig.preset("gpt2-small", dropout=0.0)).save_pretrained(directory, tokenizer=build_tokenizer("gpt2"))
+def gpt2_rows(args, bandwidth: float) -> list[str]:
+    """The GPT-2 small rows (ours in fp32, bf16, int8; llama.cpp's f32, bf16): measured by
+    bench/bench_kernels.py's gpt2_decode_rows, which comes with the dense-linear kernels (issue 17's
+    other half); a line saying so where this checkout does not have it yet."""
+    try:
+        from bench_kernels import gpt2_decode_rows
+    except ImportError:
+        return ["| GPT-2 small | (bench/bench_kernels.py's gpt2_decode_rows, with the dense-linear kernels, is not in this checkout) | | | | | |"]
+    llama_tree = args.convert.parent if args.convert and args.llama_bench else None
+    lines = []
+    for r in gpt2_decode_rows(args.threads, llama_cpp=llama_tree, bandwidth=bandwidth):
+        lines.append(f"| {r['impl']}, GPT-2 small {r['weights']} | decode, batch 1 | {r['tokens_per_s']:.1f} | "
+                     f"{r['bytes_per_token'] / GB:.3f} GB | {r['bound_tokens_per_s']:.1f} | {r['fraction_of_bound']:.0%} | - |")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -193,11 +182,11 @@ def write_20b(directory: Path) -> None:
     write_hf_tokenizer(build_tokenizer("o200k_harmony"), directory, config.max_seq_len)  # llama.cpp's converter needs tokenizer.json
 
 
-def run_worker(args, checkpoint: Path, dtype: str, weights: str, check_tokens: int) -> dict:
+def run_worker(args) -> dict:
     """worker() in a fresh process (its peak RSS its own)."""
     child = subprocess.run(
-        [sys.executable, __file__, "--worker", dtype, weights, "--checkpoint", str(checkpoint), "--threads", str(args.threads),
-         "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), "--check-tokens", str(check_tokens)],
+        [sys.executable, __file__, "--worker", "--checkpoint", str(args.checkpoint), "--threads", str(args.threads),
+         "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), "--check-tokens", str(args.check_tokens)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return json.loads(child.stdout.strip().splitlines()[-1])
@@ -220,12 +209,12 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--check-tokens", type=int, default=16, help="greedy steps compared with the PyTorch path (0: none)")
     parser.add_argument("--repetitions", type=int, default=2, help="llama-bench's -r")
-    parser.add_argument("--gpt2", type=Path, help="also GPT-2 small rows, from this HF directory (written when missing)")
-    parser.add_argument("--worker", nargs=2, metavar=("DTYPE", "WEIGHTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--gpt2", action="store_true", help="also the GPT-2 small rows (see gpt2_rows)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:
-        print(json.dumps(worker(str(args.checkpoint), *args.worker, args.prompt_tokens, args.new_tokens, args.check_tokens)))
+        print(json.dumps(worker(str(args.checkpoint), args.prompt_tokens, args.new_tokens, args.check_tokens)))
         return
 
     if not (args.checkpoint / "config.json").is_file():
@@ -234,32 +223,17 @@ def main() -> None:
     if args.llama_bench and not gguf.is_file():
         convert(args.checkpoint, gguf, args.convert)
 
-    gpt2_ggufs = {}
-    if args.gpt2:
-        if not (args.gpt2 / "config.json").is_file():
-            write_gpt2(args.gpt2)
-        for _, _, outtype in gpt2_formats() if args.llama_bench else []:
-            gpt2_ggufs[outtype] = args.gpt2.with_name(f"{args.gpt2.name}-{outtype}.gguf")
-            if not gpt2_ggufs[outtype].is_file():
-                convert(args.gpt2, gpt2_ggufs[outtype], args.convert, outtype)
-
     bandwidth = read_bandwidth()
-    ours = run_worker(args, args.checkpoint, "as-stored", "auto", args.check_tokens)
+    ours = run_worker(args)
     theirs = None
     if args.llama_bench:
         theirs = llama_bench(args.llama_bench, gguf, args.threads, args.prompt_tokens, args.new_tokens, args.repetitions)
-    gpt2 = []
-    for dtype, weights, outtype in gpt2_formats() if args.gpt2 else []:
-        mine = run_worker(args, args.gpt2, dtype, weights, 0)
-        other = None
-        if outtype in gpt2_ggufs:
-            other = llama_bench(args.llama_bench, gpt2_ggufs[outtype], args.threads, args.prompt_tokens, args.new_tokens, args.repetitions)
-        gpt2.append((dtype if weights == "auto" else weights, outtype, mine, other))
     bandwidth = max(bandwidth, read_bandwidth())
+    gpt2 = gpt2_rows(args, bandwidth) if args.gpt2 else []
 
     per_token, whole = ours["bytes_per_token"], ours["model_bytes"]
     print(f"\n{describe()} | read bandwidth (torch.sum) {bandwidth / GB:.1f} GB/s\n")
-    print(f"random gpt-oss-20b (MXFP4 experts, bf16 elsewhere), batch 1, {args.threads} threads; prompt "
+    print(f"{args.checkpoint.name} (random values; gpt-oss-20b: MXFP4 experts, bf16 elsewhere), batch 1, {args.threads} threads; prompt "
           f"{args.prompt_tokens} tokens, then {args.new_tokens} greedy tokens; ours: {ours['kernel_layers']} "
           f"layers of experts on the MXFP4 kernel, loaded in {ours['load_s']:.0f} s"
           + (f"; llama.cpp build {theirs['build']}" if theirs else "") + "\n")
@@ -271,12 +245,8 @@ def main() -> None:
     print(row("gptoss", f"prefill {args.prompt_tokens} tokens", ours["prefill_tok_s"], whole, bandwidth, args.prompt_tokens, ours["peak_rss"]))
     if theirs:
         print(row("llama.cpp", f"prefill (pp{args.prompt_tokens})", theirs["prefill_tok_s"], whole, bandwidth, args.prompt_tokens, theirs["peak_rss"]))
-    for ours_format, their_format, mine, other in gpt2:
-        print(row(f"gptoss, GPT-2 small {ours_format}", "decode, batch 1", mine["decode_tok_s"], mine["bytes_per_token"],
-                  bandwidth, 1, mine["peak_rss"]))  # fmt: skip
-        if other:
-            print(row(f"llama.cpp, GPT-2 small {their_format}", f"decode (tg{args.new_tokens})", other["decode_tok_s"],
-                      mine["bytes_per_token"], bandwidth, 1, other["peak_rss"]))  # fmt: skip
+    for line in gpt2:
+        print(line)
     if "check_tokens" in ours:
         print(f"\ngreedy tokens, MXFP4 kernel vs the PyTorch path (experts decoded to bf16; "
               f"{ours['pytorch_path_decode_tok_s']:.2f} tokens/s): the first {ours['agreeing_tokens']} of "
