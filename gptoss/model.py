@@ -196,9 +196,11 @@ class Attention(nn.Module):
         q (B, H, T, hs), k (B, Hkv, S, hs), mask (B, 1, T, S) bool or None (every key visible) ->
         (B, H, T, S), or with sinks (B, H, T, S + 1): the last column is the sink's share.
         """
-        group = self.num_heads // self.kv_heads  # query heads per k/v head
-        k = k.repeat_interleave(group, dim=1)  # (B, H, S, hs)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)  # (B, H, T, S)
+        B, H, T, hs = q.shape
+        # query heads j*group .. j*group + group-1 share k/v head j: fold them into its query rows
+        # (B, Hkv, group*T, hs) rather than repeat each k/v head `group` times
+        grouped = q.reshape(B, self.kv_heads, -1, hs)
+        scores = (grouped @ k.transpose(-2, -1)).view(B, H, T, -1) / math.sqrt(hs)  # (B, H, T, S)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         if self.sinks is not None:
@@ -260,7 +262,7 @@ class Experts(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         E, D, F_ = config.num_experts, config.d_model, config.d_ff
-        self.limit, self.alpha = config.swiglu_limit, config.swiglu_alpha
+        self.num_experts, self.limit, self.alpha = E, config.swiglu_limit, config.swiglu_alpha
         self.gate_up_proj = nn.Parameter(torch.empty(E, D, 2 * F_))
         self.gate_up_proj_bias = nn.Parameter(torch.zeros(E, 2 * F_))
         self.down_proj = nn.Parameter(torch.empty(E, F_, D))
@@ -279,13 +281,35 @@ class Experts(nn.Module):
         hidden = gate * torch.sigmoid(self.alpha * gate) * (linear + 1)  # (N, d_ff)
         return hidden @ w_down.to(x.dtype) + b_down.to(x.dtype)
 
+    def mix(self, tokens: torch.Tensor, top_experts: torch.Tensor, top_weights: torch.Tensor) -> torch.Tensor:
+        """Every token through its k experts, their outputs summed with the router's weights:
+        tokens (N, d_model), top_experts and top_weights (N, k) -> (N, d_model).
+
+        Tokens are grouped by expert (one sort), so each expert runs one matrix product over exactly
+        the tokens routed to it: no loop over tokens and no expert computed for tokens it does not
+        own. (This method is the layer's whole use of its experts, so a faster implementation can
+        replace it: gptoss.inference's MXFP4 kernel, installed by prepare_for_inference.)
+        """
+        # sort the N*k (token, expert) assignments by expert: each expert's tokens become contiguous
+        flat_experts = top_experts.flatten()  # (N*k,)
+        order = flat_experts.argsort(stable=True)
+        token_index = order // top_experts.shape[1]  # token of each sorted assignment
+        weight = top_weights.flatten()[order, None]  # (N*k, 1)
+        # the one host read of a forward pass: the per-expert token counts size each expert's product
+        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()
+
+        out = torch.zeros_like(tokens)
+        start = 0
+        for e, count in enumerate(counts):
+            if count:
+                rows = token_index[start : start + count]
+                out.index_add_(0, rows, self(tokens[rows], e) * weight[start : start + count])
+                start += count
+        return out
+
 
 class MixtureOfExperts(nn.Module):
-    """Top-k routed experts: each token goes to the k experts its router scores highest.
-
-    Tokens are grouped by expert (one sort), so each expert runs one matrix product over exactly
-    the tokens routed to it: no loop over tokens and no expert computed for tokens it does not own.
-    """
+    """Top-k routed experts: each token goes to the k experts its router scores highest."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -298,24 +322,8 @@ class MixtureOfExperts(nn.Module):
         B, T, D = x.shape
         tokens = x.reshape(-1, D)  # (N, D)
         router_logits, top_experts, top_weights = self.route(tokens)
-
-        # sort the N*k (token, expert) assignments by expert: each expert's tokens become contiguous
-        flat_experts = top_experts.flatten()  # (N*k,)
-        order = flat_experts.argsort(stable=True)
-        token_index = order // self.top_k  # token of each sorted assignment
-        weight = top_weights.flatten()[order, None]  # (N*k, 1)
-        # the one host read of a forward pass: the per-expert token counts size each expert's product
-        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()
-
-        out = torch.zeros_like(tokens)
-        start = 0
-        for e, count in enumerate(counts):
-            if count:
-                rows = token_index[start : start + count]
-                out.index_add_(0, rows, self.experts(tokens[rows], e) * weight[start : start + count])
-                start += count
-
-        aux_loss = self.load_balancing_loss(router_logits, counts) if self.training else None
+        out = self.experts.mix(tokens, top_experts, top_weights)
+        aux_loss = self.load_balancing_loss(router_logits, top_experts) if self.training else None
         return out.view(B, T, D), aux_loss
 
     def route(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -325,12 +333,13 @@ class MixtureOfExperts(nn.Module):
         top_logits, top_experts = router_logits.topk(self.top_k, dim=-1)  # (N, k)
         return router_logits, top_experts, torch.softmax(top_logits.float(), dim=-1).to(tokens.dtype)
 
-    def load_balancing_loss(self, router_logits: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    def load_balancing_loss(self, router_logits: torch.Tensor, top_experts: torch.Tensor) -> torch.Tensor:
         """Switch-Transformer balance loss: E * sum_e (fraction of tokens routed to e) * (mean
         router probability of e). The fractions sum to k, so the loss is k when routing is uniform
         and grows as a few experts take most tokens.
         """
-        fraction = torch.tensor(counts, dtype=torch.float32, device=router_logits.device) / router_logits.shape[0]
+        counts = torch.bincount(top_experts.flatten(), minlength=self.num_experts)
+        fraction = counts.float() / router_logits.shape[0]
         mean_prob = torch.softmax(router_logits.float(), dim=-1).mean(0)
         return self.num_experts * (fraction * mean_prob).sum()
 

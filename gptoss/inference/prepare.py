@@ -1,5 +1,6 @@
 """Making a model fast at generating on a CPU: its large linear layers read their weights through
-the C kernels, in the layout and format chosen once (`prepare_for_inference`)."""
+the C kernels, in the layout and format chosen once, and MXFP4 experts are computed from their
+packed bytes (`prepare_for_inference`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptoss.inference import cpu_kernel
+from gptoss.inference import cpu_kernel, mxfp4_kernel
 
 # the weight formats prepare_for_inference offers: "auto" keeps the model's dtype
 WEIGHTS = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "int8": None}
@@ -88,9 +89,10 @@ PROMPT_ROWS = 64
 @torch.no_grad()
 def prepare_for_inference(model: nn.Module, dtype: torch.dtype | None = None, weights: str = "auto") -> nn.Module:
     """Make `model` fast at generating on a CPU, in place, and return it: eval mode, optionally
-    cast to `dtype`, and every fp32/bf16 CPU nn.Linear of at least MIN_PACKED_WEIGHT weights turned
-    into an InferenceLinear (only its forward differs, so names, checkpoints and tied weights are
-    untouched).
+    cast to `dtype`, every fp32/bf16 CPU nn.Linear of at least MIN_PACKED_WEIGHT weights turned
+    into an InferenceLinear, and MXFP4-packed experts (gpt-oss-20b's, as loaded) into KernelExperts,
+    computed from the packed bytes where they lie (gptoss.inference.mxfp4_kernel). Only forwards
+    differ, so names, checkpoints and tied weights are untouched.
 
     weights: "auto" keeps the model's dtype; "fp32" / "bf16" cast the model to it (bf16 halves the
     bytes read per token; the same as dtype=, which may be given too if it agrees); "int8"
@@ -105,6 +107,7 @@ def prepare_for_inference(model: nn.Module, dtype: torch.dtype | None = None, we
     model.eval()
     if dtype is not None:
         model.to(dtype)
+    mxfp4_kernel.use_kernel_experts(model)
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
         return model
     for module in model.modules():
