@@ -1,10 +1,10 @@
-# `make train` and `make test` each create .venv with the pinned dependencies when it is missing.
+# `make train`, `make chat-demo` and `make test` each create .venv with the pinned dependencies when it is missing.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test train clean
+.PHONY: test train chat-demo clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 
 train: $(STAMP)
 	$(PY) train.py
+
+# pretrain a tiny model, fine-tune it into a chat model (full and LoRA), measure it before and after (docs/finetuning.md)
+chat-demo: $(STAMP)
+	$(PY) examples/chat_demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -18,8 +18,8 @@ machine is shared and noisy, so compare ratios, not absolute figures. Both sides
 The bound: decoding one step reads every weight once (the embedding tables only a row; of the
 experts at most batch * experts_per_token of them) and the KV cache (at the mean length of the
 decode), so tokens/s <= batch * read bandwidth / bytes read per step. The bandwidth is measured
-here as the speed of torch.sum over 512 MiB (in 2 MB pages, as the C kernel's weights are), before
-and after the generation runs, the higher kept
+here as the speed of torch.sum over 512 MiB (machine.read_bandwidth: in 2 MB pages, as the C
+kernels' weights are), before and after the generation runs, the higher kept
 (one reading can land on a busy moment). A model whose weights fit in the caches (gpt-oss-tiny:
 2.5 MB, under this machine's 32 MiB L3) is not bound by memory: its bound is given as n/a.
 "bound vs HF" is the most any implementation could beat Hugging Face by in that run: the bound
@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 
 import torch
+from bench_kernels import matrix_vector_table
+from machine import read_bandwidth
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CONFIGS = [  # (preset, batch, dtype)
@@ -89,55 +91,6 @@ def bytes_per_step(preset: str, batch: int, dtype: torch.dtype, context: float) 
         count += p.numel() * (active_experts / config.num_experts if ".experts." in name else 1)
     count += batch * context * 2 * config.num_layers * config.kv_heads * config.head_size  # keys and values
     return int(count * dtype.itemsize)
-
-
-def matrix_vector_table() -> list[str]:
-    """Markdown rows: one decoding step's worth of GPT-2 small's matrix-vector products (its 49
-    linear weights, random, in the model's order), at batch 1: as F.linear does them, as oneDNN
-    does them on a packed copy, as the C kernel does them on its tiles (fp32 only), and torch.sum
-    over the same weights; best of 5."""
-    import torch.nn as nn
-
-    from gptoss.inference import cpu_kernel
-    from gptoss.config import GPTConfig
-    from gptoss.model import GPT
-
-    model = GPT(GPTConfig.preset("gpt2-small"), device="meta")
-    shapes = [(m.in_features, m.out_features, m.bias is not None) for m in model.modules() if isinstance(m, nn.Linear)]
-    rows = []
-    for dtype in DTYPES.values():
-        layers = nn.ModuleList(nn.Linear(i, o, bias=bias, dtype=dtype) for i, o, bias in shapes)
-        inputs = {i: torch.randn(1, i, dtype=dtype) for i, _, _ in shapes}
-        nbytes = sum(p.numel() * p.element_size() for p in layers.parameters())
-
-        def best_of_5(step) -> float:
-            return min(timed(lambda: [step(layer, inputs[layer.in_features]) for layer in layers]) for _ in range(5))
-
-        with torch.no_grad():
-            plain = best_of_5(lambda layer, x: layer(x))
-            summed = best_of_5(lambda layer, x: layer.weight.sum())
-            packed = {layer: torch.ops.mkldnn._reorder_linear_weight(layer.weight, 1) for layer in layers}
-            onednn = best_of_5(lambda layer, x: torch.ops.mkldnn._linear_pointwise(x, packed[layer], layer.bias, "none", [], ""))
-            kernel = None
-            if dtype == torch.float32 and cpu_kernel.library() is not None:
-                tiles = {layer: cpu_kernel.pack_tiles(layer.weight) for layer in layers}
-                kernel = best_of_5(lambda layer, x: cpu_kernel.linear(x, tiles[layer], layer.bias, layer.out_features))
-        rate = lambda seconds: f"{seconds * 1e3:.1f} ms ({nbytes / seconds / 1e9:.0f} GB/s)" if seconds else "-"  # noqa: E731
-        rows.append(
-            f"| {str(dtype).removeprefix('torch.')} | {nbytes / 1e6:.0f} MB | {rate(plain)} | {rate(onednn)} "
-            f"| {rate(kernel)} | {rate(summed)} |"
-        )
-    return rows
-
-
-def read_bandwidth() -> float:
-    """Bytes/s at which torch.sum reads a 512 MiB tensor (best of 5), in 2 MB pages like the C
-    kernel's tiles (in 4 KB pages it reads 10-30% slower)."""
-    from gptoss.inference.cpu_kernel import zeros_in_large_pages
-
-    data = zeros_in_large_pages((2**27,)).fill_(1.0)  # written: unwritten pages all read one page of zeros
-    best = min(timed(data.sum) for _ in range(5))
-    return data.numel() * data.element_size() / best
 
 
 def timed(fn) -> float:
@@ -236,10 +189,10 @@ def main() -> None:
         bandwidth = read_bandwidth()
     print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}; read bandwidth (torch.sum over 512 MiB) "
           f"{bandwidth / 1e9:.1f} GB/s\n")
-    print("One decoding step of GPT-2 small's matrix-vector products (its 49 linear weights):\n")
-    print("| dtype | weights | F.linear | oneDNN, packed | C kernel, tiles | torch.sum of the weights |")
+    print("One decoding step of GPT-2 small's matrix-vector products (its 49 linear weights, one row of input):\n")
+    print("| weights | way | bytes | time | read | of the bandwidth |")
     print("|---|---|---|---|---|---|")
-    print("\n".join(matrix_vector_table()))
+    print("\n".join(matrix_vector_table(bandwidth)))
     print(f"\nGeneration: prompt {args.prompt_length} random tokens, {args.new_tokens} new, greedy\n")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
-"""Training speed: our GPT against transformers' GPT2LMHeadModel, same config, weights, data, optimizer.
+"""Training speed: our GPT against transformers' GPT2LMHeadModel, and gpt-oss-tiny against tiny.
 
-    flock /tmp/gptoss-cpu.lock .venv/bin/python bench/bench_train.py [--configs char gpt2-small] [--rounds 6]
+    flock /tmp/gptoss-bench.lock .venv/bin/python bench/bench_train.py [--configs char gpt2-small gpt-oss-tiny] [--rounds 6]
 
 Both models are built from one GPTConfig (the HF one through gptoss.hf, with our initial weights
 copied in, so their first losses agree) and trained by the same step: forward, cross-entropy,
@@ -9,17 +9,23 @@ model differs. HF runs its default attention (sdpa) and use_cache=False, as one 
 
 The machine is shared and noisy, so the two models alternate: each round times a few steps of one,
 then of the other (the order flips every round); the table gives the median step of each.
-Model FLOPs utilisation counts 6 FLOPs per weight-matrix parameter per token (forward + backward,
-the unembedding included) plus 12 * layers * d_model * seq_len for attention scores and values
-(causal masking not discounted), against this development machine's measured matmul peaks
-(../shared/docs/MACHINE.md: PEAK_GFLOPS below, fixed; on another machine, edit them).
+The gpt-oss-tiny row compares two of our own models of the same width (d_model 128, 4 layers)
+and the same step: `tiny` (GPT-2: LayerNorm, learned positions, multi-head, dense GELU MLP) and
+`gpt-oss-tiny` (RMSNorm, RoPE, grouped-query attention with sinks, sliding window on even layers,
+top-2 of 8 experts); its "speedup" is gpt-oss-tiny's tokens/s over tiny's.
+
+Model FLOPs utilisation counts 6 FLOPs per weight-matrix parameter a token uses (forward +
+backward, the unembedding included; for a mixture of experts the k experts it is routed to and the
+router) plus 12 * layers * (heads * head_size) * keys seen for attention scores and values (causal
+masking not discounted, a sliding window counted as its width), against the machine's fp32 or bf16
+matmul peak measured by bench/machine.py in the same run (at its start and again at its end: the
+higher reading counts, since other jobs only ever slow it down).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 import time
 
@@ -32,26 +38,38 @@ from gptoss.data import random_batch
 from gptoss.checkpoints.hf import config_to_hf_gpt2, gpt2_state_to_hf
 from gptoss.model import GPT
 from gptoss.train.optim import adamw
+from machine import describe, matmul_peak_gflops, read_bandwidth
 
-PEAK_GFLOPS = {"fp32": 180.0, "bf16": 380.0}  # MACHINE.md: 2048^3 matmul on this machine
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CONFIGS = {
     # nanoGPT's CPU recipe for Shakespeare characters
     "char": dict(model=dict(vocab_size=65, d_model=128, num_layers=4, num_heads=4, d_ff=512), seq_len=64, batch=12,
                  precision="fp32", steps_per_round=10),  # fmt: skip
     "gpt2-small": dict(model=dict(vocab_size=50257, d_model=768, num_layers=12, num_heads=12, d_ff=3072), seq_len=256,
                        batch=4, precision="bf16", steps_per_round=2),  # fmt: skip
+    # configs/gpt_oss_tiny.toml's model and batch, against GPT-2 `tiny` at the same width
+    "gpt-oss-tiny": dict(preset="gpt-oss-tiny", baseline="tiny", seq_len=256, batch=8, precision="bf16",
+                         steps_per_round=5),  # fmt: skip
 }
 
 
 def flops_per_token(config: GPTConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6 per matrix weight (unembedding included) + attention (see doc)."""
-    per_layer = config.d_model * (3 * config.d_model + config.d_model + 2 * config.d_ff)
+    """Training FLOPs per token: 6 per matrix weight a token uses (unembedding included) + attention (see doc)."""
+    attention_width = config.num_heads * config.head_size
+    qkv_out = (config.num_heads + 2 * config.kv_heads) * config.head_size
+    per_layer = config.d_model * (qkv_out + attention_width)
+    if config.mlp == "moe":  # k experts of gate_up (2 d_ff) and down (d_ff), and the router
+        per_layer += config.experts_per_token * 3 * config.d_model * config.d_ff + config.d_model * config.num_experts
+    else:
+        per_layer += 2 * config.d_model * config.d_ff
     matrix_params = config.num_layers * per_layer + config.vocab_size * config.d_model
-    return 6 * matrix_params + 12 * config.num_layers * config.d_model * seq_len
+    attention = sum(min(seq_len, config.sliding_window if config.is_sliding_layer(layer) else seq_len)
+                    for layer in range(config.num_layers))  # fmt: skip
+    return 6 * matrix_params + 12 * attention_width * attention
 
 
 def build_models(config: GPTConfig) -> dict:
-    """{name: (model, loss function)} with identical weights."""
+    """{name: (model, config, loss function)}: ours and transformers', with identical weights."""
     torch.manual_seed(0)
     ours = GPT(config).train()
     hf_config = GPT2Config(**config_to_hf_gpt2(config), use_cache=False, bos_token_id=None, eos_token_id=None)
@@ -66,7 +84,18 @@ def build_models(config: GPTConfig) -> dict:
         logits = hf(input_ids=x).logits
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
 
-    return {"gptoss": (ours, ours_loss), "transformers": (hf, hf_loss)}
+    return {"gptoss": (ours, config, ours_loss), "transformers": (hf, config, hf_loss)}
+
+
+def build_architectures(spec: dict) -> dict:
+    """{name: (model, config, loss function)}: two of our presets (spec's preset and its baseline)."""
+    models = {}
+    for name in (spec["preset"], spec["baseline"]):
+        torch.manual_seed(0)
+        config = GPTConfig.preset(name, max_seq_len=max(spec["seq_len"], 256))
+        model = GPT(config).train()
+        models[name] = (model, config, lambda x, y, model=model: model(x, y)[1])
+    return models
 
 
 def make_step(model, loss_fn, precision: str):
@@ -86,16 +115,21 @@ def make_step(model, loss_fn, precision: str):
 
 
 def run_config(name: str, rounds: int, tokens) -> dict:
-    """Median step time of each model, measured alternately, and the derived figures."""
+    """Median step time of each model, measured alternately, and the derived figures (MFU as a
+    fraction of the peak: filled in by main, which measures it)."""
     spec = CONFIGS[name]
-    config = GPTConfig(**spec["model"], max_seq_len=max(spec["seq_len"], 256), dropout=0.0)
-    models = build_models(config)
-    steps = {n: make_step(model, loss_fn, spec["precision"]) for n, (model, loss_fn) in models.items()}
+    if "preset" in spec:
+        models = build_architectures(spec)
+    else:
+        models = build_models(GPTConfig(**spec["model"], max_seq_len=max(spec["seq_len"], 256), dropout=0.0))
+    steps = {n: make_step(model, loss_fn, spec["precision"]) for n, (model, _, loss_fn) in models.items()}
+    vocab_size = min(config.vocab_size for _, config, _ in models.values())
     generator = torch.Generator().manual_seed(0)
-    batches = [random_batch(tokens % config.vocab_size, spec["batch"], spec["seq_len"], generator) for _ in range(8)]
+    batches = [random_batch(tokens % vocab_size, spec["batch"], spec["seq_len"], generator) for _ in range(8)]
 
     first = {n: step(*batches[0]) for n, step in steps.items()}  # also the warm-up step
-    assert math.isclose(first["gptoss"], first["transformers"], rel_tol=2e-2), first  # same model, same data
+    if "transformers" in first:  # same model, same data: the same first loss
+        assert math.isclose(first["gptoss"], first["transformers"], rel_tol=2e-2), first
     times = {n: [] for n in steps}
     for r in range(rounds):
         order = list(steps) if r % 2 == 0 else list(reversed(steps))
@@ -106,14 +140,21 @@ def run_config(name: str, rounds: int, tokens) -> dict:
                 steps[n](x, y)
                 times[n].append(time.perf_counter() - tic)
     tokens_per_step = spec["batch"] * spec["seq_len"]
-    result = {"name": name, "precision": spec["precision"], "params": sum(p.numel() for p in models["gptoss"][0].parameters())}
+    result = {"name": name, "precision": spec["precision"], "models": list(models)}
     for n, ts in times.items():
+        model, config, _ = models[n]
         step_s = statistics.median(ts)
         gflops = flops_per_token(config, spec["seq_len"]) * tokens_per_step / step_s / 1e9
-        result[n] = {"step_ms": step_s * 1e3, "tokens_per_s": tokens_per_step / step_s,
-                     "mfu": gflops / PEAK_GFLOPS[spec["precision"]], "gflops": gflops}  # fmt: skip
-    result["speedup"] = result["transformers"]["step_ms"] / result["gptoss"]["step_ms"]
+        result[n] = {"step_ms": step_s * 1e3, "tokens_per_s": tokens_per_step / step_s, "gflops": gflops,
+                     "params": sum(p.numel() for p in model.parameters())}  # fmt: skip
+    first, second = result["models"]  # ours (or the gpt-oss preset) first, its reference second
+    result["speedup"] = result[second]["step_ms"] / result[first]["step_ms"]
     return result
+
+
+def measure_peaks() -> dict:
+    """{precision: matmul GFLOP/s} of this machine now (bench/machine.py)."""
+    return {precision: matmul_peak_gflops(dtype) for precision, dtype in PEAK_DTYPES.items()}
 
 
 def main() -> None:
@@ -125,16 +166,24 @@ def main() -> None:
     from gptoss.data.corpora import shakespeare_path
 
     tokens = torch.frombuffer(bytearray(shakespeare_path().read_bytes()), dtype=torch.uint8).long()
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, PyTorch {torch.__version__}\n")
-    print("| config | precision | params | model | step (ms) | tokens/s | GFLOP/s | MFU | speedup |")
+    print(describe())
+    peaks = measure_peaks()
+    print(f"measured at the start: matmul 2048^3 fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
+          f"read bandwidth {read_bandwidth() / 1e9:.1f} GB/s\n", flush=True)  # fmt: skip
+    results = [run_config(name, args.rounds, tokens) for name in args.configs]
+    at_end = measure_peaks()
+    peaks = {precision: max(peaks[precision], at_end[precision]) for precision in peaks}
+    print("| config | precision | params | model | step (ms) | tokens/s | GFLOP/s | MFU (of measured peak) | speedup |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name in args.configs:
-        r = run_config(name, args.rounds, tokens)
-        for n in ("gptoss", "transformers"):
+    for r in results:
+        for i, n in enumerate(r["models"]):
             m = r[n]
-            speedup = f"**{r['speedup']:.2f}x**" if n == "gptoss" else "1.00x"
-            print(f"| {name} | {r['precision']} | {r['params'] / 1e6:.1f}M | {n} | {m['step_ms']:.1f} | "
-                  f"{m['tokens_per_s']:,.0f} | {m['gflops']:.0f} | {m['mfu']:.0%} | {speedup} |", flush=True)  # fmt: skip
+            speedup = f"**{r['speedup']:.2f}x**" if i == 0 else "1.00x"
+            mfu = m["gflops"] / peaks[r["precision"]]
+            print(f"| {r['name']} | {r['precision']} | {m['params'] / 1e6:.2f}M | {n} | {m['step_ms']:.1f} | "
+                  f"{m['tokens_per_s']:,.0f} | {m['gflops']:.0f} | {mfu:.0%} | {speedup} |", flush=True)  # fmt: skip
+    print(f"\npeaks (the higher of the start and end readings): fp32 {peaks['fp32']:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16']:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -190,15 +190,17 @@ class Attention(nn.Module):
         return q, k, v
 
     def attention_weights(self, q, k, mask) -> torch.Tensor:
-        """The softmax weights of each query over the keys, in fp32 (the sink path's own, and what
-        gptoss.inspection records for every layer).
+        """The softmax weights of each query over the keys, in fp32, written out: what
+        gptoss.inspection records for every layer, and the reference attend_with_sinks is tested against.
 
         q (B, H, T, hs), k (B, Hkv, S, hs), mask (B, 1, T, S) bool or None (every key visible) ->
         (B, H, T, S), or with sinks (B, H, T, S + 1): the last column is the sink's share.
         """
-        group = self.num_heads // self.kv_heads  # query heads per k/v head
-        k = k.repeat_interleave(group, dim=1)  # (B, H, S, hs)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)  # (B, H, T, S)
+        B, H, T, hs = q.shape
+        # query heads j*group .. j*group + group-1 share k/v head j: fold them into its query rows
+        # (B, Hkv, group*T, hs) rather than repeat each k/v head `group` times
+        grouped = q.reshape(B, self.kv_heads, -1, hs)
+        scores = (grouped @ k.transpose(-2, -1)).view(B, H, T, -1) / math.sqrt(hs)  # (B, H, T, S)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         if self.sinks is not None:
@@ -207,14 +209,32 @@ class Attention(nn.Module):
         return torch.softmax(scores, dim=-1, dtype=torch.float32)
 
     def attend_with_sinks(self, q, k, v, mask, dropout: float) -> torch.Tensor:
-        """Softmax attention with the sink logit appended as an extra column, then dropped.
+        """Softmax attention with a sink logit per head, through the fused attention kernel.
+
+        The sink is one more key, after the real ones: every query sees it, its value is zero, and
+        its score is the head's sink. The score comes from one extra feature: the queries of head h
+        carry sink_h * sqrt(hs) there, the real keys 0 and the sink key 1, so q.k / sqrt(hs) is
+        unchanged for real keys and is sink_h for the sink key (and the sinks' gradient flows back
+        through the queries). Values get the extra feature too (the kernel wants one head size);
+        it is zero and dropped from the output. Same result as the softmax of attention_weights.
 
         q (B, H, T, hs), k/v (B, Hkv, S, hs), mask (B, 1, T, S) or None (every key visible) ->
         (B, H, T, hs). The weights over real keys sum to 1 - p(sink) < 1.
         """
-        weights = self.attention_weights(q, k, mask)[..., :-1].to(v.dtype)  # (B, H, T, S)
-        weights = F.dropout(weights, dropout, self.training)
-        return weights @ v.repeat_interleave(self.num_heads // self.kv_heads, dim=1)
+        B, H, T, hs = q.shape
+        # a sink of -inf (no sink) would make the real keys' scores 0 * -inf = NaN; exp(-1e4) is 0 already
+        sink = self.sinks.clamp(min=-1e4)
+        sink_feature = (sink * math.sqrt(hs)).to(q.dtype).view(1, H, 1, 1).expand(B, H, T, 1)
+        q = torch.cat([q, sink_feature], dim=-1)  # (B, H, T, hs + 1)
+        k = F.pad(k, (0, 1, 0, 1))  # (B, Hkv, S + 1, hs + 1): zero extra feature, zero sink key ...
+        k[..., -1, -1] = 1.0  # ... but for the sink key's extra feature
+        v = F.pad(v, (0, 1, 0, 1))  # (B, Hkv, S + 1, hs + 1): all zero for the sink key
+        if mask is not None:
+            mask = F.pad(mask, (0, 1), value=True)  # (B, 1, T, S + 1): every query sees the sink
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, scale=1 / math.sqrt(hs), enable_gqa=True
+        )
+        return y[..., :hs]
 
 
 # ---------------------------------------------------------------------------------------- MLPs
@@ -242,7 +262,7 @@ class Experts(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         E, D, F_ = config.num_experts, config.d_model, config.d_ff
-        self.limit, self.alpha = config.swiglu_limit, config.swiglu_alpha
+        self.num_experts, self.limit, self.alpha = E, config.swiglu_limit, config.swiglu_alpha
         self.gate_up_proj = nn.Parameter(torch.empty(E, D, 2 * F_))
         self.gate_up_proj_bias = nn.Parameter(torch.zeros(E, 2 * F_))
         self.down_proj = nn.Parameter(torch.empty(E, F_, D))
@@ -261,13 +281,35 @@ class Experts(nn.Module):
         hidden = gate * torch.sigmoid(self.alpha * gate) * (linear + 1)  # (N, d_ff)
         return hidden @ w_down.to(x.dtype) + b_down.to(x.dtype)
 
+    def mix(self, tokens: torch.Tensor, top_experts: torch.Tensor, top_weights: torch.Tensor) -> torch.Tensor:
+        """Every token through its k experts, their outputs summed with the router's weights:
+        tokens (N, d_model), top_experts and top_weights (N, k) -> (N, d_model).
+
+        Tokens are grouped by expert (one sort), so each expert runs one matrix product over exactly
+        the tokens routed to it: no loop over tokens and no expert computed for tokens it does not
+        own. (This method is the layer's whole use of its experts, so a faster implementation can
+        replace it: gptoss.inference's MXFP4 kernel, installed by prepare_for_inference.)
+        """
+        # sort the N*k (token, expert) assignments by expert: each expert's tokens become contiguous
+        flat_experts = top_experts.flatten()  # (N*k,)
+        order = flat_experts.argsort(stable=True)
+        token_index = order // top_experts.shape[1]  # token of each sorted assignment
+        weight = top_weights.flatten()[order, None]  # (N*k, 1)
+        # the one host read of a forward pass: the per-expert token counts size each expert's product
+        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()
+
+        out = torch.zeros_like(tokens)
+        start = 0
+        for e, count in enumerate(counts):
+            if count:
+                rows = token_index[start : start + count]
+                out.index_add_(0, rows, self(tokens[rows], e) * weight[start : start + count])
+                start += count
+        return out
+
 
 class MixtureOfExperts(nn.Module):
-    """Top-k routed experts: each token goes to the k experts its router scores highest.
-
-    Tokens are grouped by expert (one sort), so each expert runs one matrix product over exactly
-    the tokens routed to it: no loop over tokens and no expert computed for tokens it does not own.
-    """
+    """Top-k routed experts: each token goes to the k experts its router scores highest."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -280,24 +322,8 @@ class MixtureOfExperts(nn.Module):
         B, T, D = x.shape
         tokens = x.reshape(-1, D)  # (N, D)
         router_logits, top_experts, top_weights = self.route(tokens)
-
-        # sort the N*k (token, expert) assignments by expert: each expert's tokens become contiguous
-        flat_experts = top_experts.flatten()  # (N*k,)
-        order = flat_experts.argsort(stable=True)
-        token_index = order // self.top_k  # token of each sorted assignment
-        weight = top_weights.flatten()[order, None]  # (N*k, 1)
-        # the one host read of a forward pass: the per-expert token counts size each expert's product
-        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()
-
-        out = torch.zeros_like(tokens)
-        start = 0
-        for e, count in enumerate(counts):
-            if count:
-                rows = token_index[start : start + count]
-                out.index_add_(0, rows, self.experts(tokens[rows], e) * weight[start : start + count])
-                start += count
-
-        aux_loss = self.load_balancing_loss(router_logits, counts) if self.training else None
+        out = self.experts.mix(tokens, top_experts, top_weights)
+        aux_loss = self.load_balancing_loss(router_logits, top_experts) if self.training else None
         return out.view(B, T, D), aux_loss
 
     def route(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -307,12 +333,13 @@ class MixtureOfExperts(nn.Module):
         top_logits, top_experts = router_logits.topk(self.top_k, dim=-1)  # (N, k)
         return router_logits, top_experts, torch.softmax(top_logits.float(), dim=-1).to(tokens.dtype)
 
-    def load_balancing_loss(self, router_logits: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    def load_balancing_loss(self, router_logits: torch.Tensor, top_experts: torch.Tensor) -> torch.Tensor:
         """Switch-Transformer balance loss: E * sum_e (fraction of tokens routed to e) * (mean
         router probability of e). The fractions sum to k, so the loss is k when routing is uniform
         and grows as a few experts take most tokens.
         """
-        fraction = torch.tensor(counts, dtype=torch.float32, device=router_logits.device) / router_logits.shape[0]
+        counts = torch.bincount(top_experts.flatten(), minlength=self.num_experts)
+        fraction = counts.float() / router_logits.shape[0]
         mean_prob = torch.softmax(router_logits.float(), dim=-1).mean(0)
         return self.num_experts * (fraction * mean_prob).sum()
 
@@ -557,7 +584,10 @@ class GPT(nn.Module):
         temperature=0 is greedy; top_k keeps only the k most likely tokens. See
         gptoss.inference.generation.generate for the other options (top_p, seeds...); stop tokens,
         streaming and batches of prompts of any lengths are gptoss.inference's stream and
-        generate_batch. On a CPU, gptoss.inference.prepare_for_inference(model) first makes it fast.
+        generate_batch. On a CPU, call gptoss.inference.prepare_for_inference(model) once first:
+        the linear layers then read their weights through C kernels at about the memory's speed
+        (`weights="bf16"` or `"int8"` also halves or quarters the bytes read per token; `gptoss
+        generate` does this by default, its --weights flag choosing the format).
         """
         from gptoss.inference.generation import generate  # a facade: generation lives above the model
 

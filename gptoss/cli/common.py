@@ -9,6 +9,7 @@ from gptoss.checkpoints import load_checkpoint_tokenizer
 from gptoss.config import GPTConfig
 from gptoss.data.tokenizers import check_tokenizer_fits, resolve_tokenizer
 from gptoss.inference import prepare_for_inference
+from gptoss.inference.prepare import WEIGHTS
 from gptoss.model import GPT
 from gptoss.util.devices import DEVICE_HELP, resolve_device
 
@@ -36,6 +37,9 @@ def add_model_arguments(parser) -> None:
                            "else gpt2 for GPT-2 models and o200k_harmony for gpt-oss ones")  # fmt: skip
     parser.add_argument("--tokenizer-files", metavar="DIR", help="folder with OpenAI's tokenizer files, for offline gpt2 / o200k_harmony")
     add_dtype_argument(parser, "compute in this dtype (default: as stored; presets: float32)")
+    parser.add_argument("--weights", choices=list(WEIGHTS), default="auto",
+                        help="the linear layers' weight format on a CPU: auto (the dtype's), fp32, bf16 (halves the bytes read per "
+                        "token), int8 (a quarter of fp32's; per-row scales); read by the C kernels (default: auto)")  # fmt: skip
     parser.add_argument("--device", default="auto", help=f"where the model runs: {DEVICE_HELP} (default: auto)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per core)")
 
@@ -78,7 +82,7 @@ def load_model_and_tokenizer(args):
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    dtype = DTYPES[args.dtype] if args.dtype else None
+    dtype = DTYPES[args.dtype] if args.dtype else WEIGHTS[args.weights]
     device = resolve_device(args.device)
     if args.preset:
         kind = "gpt2" if GPTConfig.preset(args.preset).position == "learned" else "o200k_harmony"
@@ -96,4 +100,4 @@ def load_model_and_tokenizer(args):
                 raise ValueError(f"{args.checkpoint} holds no tokenizer: name one with --tokenizer")
             tokenizer = tokenizer_from(guess, files_dir=args.tokenizer_files)
     check_tokenizer_fits(tokenizer, model.config.vocab_size)
-    return prepare_for_inference(model, dtype), tokenizer
+    return prepare_for_inference(model, dtype, weights=args.weights), tokenizer

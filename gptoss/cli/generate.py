@@ -65,9 +65,10 @@ def run(args) -> int:
     device = model.lm_head.weight.device
     where = f"cpu, {torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
     decoding = f"{stats.decode_tokens_per_second:.1f} tokens/s" if stats.decode_tokens else "n/a (one step)"
+    weights = f"{model.lm_head.weight.dtype}" + (", int8 linear weights" if args.weights == "int8" else "")
     print(
         f"[{stats.prompt_tokens} prompt tokens at {stats.prefill_tokens_per_second:.1f} tokens/s, "
-        f"{stats.new_tokens} new tokens sampled, decoding at {decoding}; {model.lm_head.weight.dtype}, {where}]",
+        f"{stats.new_tokens} new tokens sampled, decoding at {decoding}; {weights}, {where}]",
         file=sys.stderr,
     )
     return 0

@@ -6,6 +6,7 @@
     stops         stop strings held back while they could still be forming
     prepare       prepare_for_inference: linear layers that read their weights at the memory's speed
     cpu_kernel    the C kernel behind them (cpu_kernel.c, built on first use) and its Python side
+    mxfp4_kernel  gpt-oss's MXFP4 experts computed from their packed bytes (mxfp4_kernel.c) and KernelExperts
     chat_format   conversations as prompts: harmony (gpt-oss, through openai-harmony) or a plain transcript
 
 The engine knows token ids only; text enters through a tokenizer passed in (stream_text, the chat

@@ -14,8 +14,9 @@
  * the tile, and the tile (TILE x in_features weights, at most a few hundred KB) stays in cache
  * across the groups of X_ROWS rows.
  *
- * fp32 only: for bf16 weights, converting each to fp32 makes this loop slower than oneDNN's bf16
- * dot products as soon as x has several rows, so InferenceLinear leaves bf16 to oneDNN.
+ * bf16 and int8 weights (linear_bf16, linear_int8, below) are read where they lie, row-major as
+ * PyTorch holds them: each thread's share of the output features is one contiguous run of rows, so
+ * one stream, and each output is a dot product along its row (no copy of the weight is made).
  *
  * Built by gptoss/inference/cpu_kernel.py with the system's C compiler (-O3 -march=native -fopenmp): the
  * `omp simd` loops become vector instructions (with GCC on an AVX-512 CPU, 512-bit ones, which
@@ -24,6 +25,16 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC target("prefer-vector-width=512")
+#endif
+
+#include <stdint.h>
+#include <string.h>
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define INT8_INTRINSICS /* AVX-512 with byte and 16-bit masked loads */
+#if defined(__AVX512BF16__)
+#define BF16_INTRINSICS /* and the bf16 dot products */
+#endif
 #endif
 
 #define TILE 16  /* output features per tile: one 512-bit vector of fp32 */
@@ -93,4 +104,210 @@ void linear_f32(const float *x, long m, const float *tiles, const float *bias, f
         for (; i < m; i++)
             tile_times_one_x_row(x + i * in_features, tile, bias, y + i * out_features, in_features, first, width);
     }
+}
+
+
+/* ------------------------------------------------------------------ bf16 and int8, row-major
+ * y[i][j] = sum_k w[j][k] x[i][k] (then int8's per-row scale, and the bias), as dot products
+ * along the rows. For a few rows of x (decoding), one row of w at a time, front to back, so that
+ * a thread's reads are one stream (interleaving several rows of w, each only a few KB long, keeps
+ * restarting the hardware prefetcher: measured ~2x slower at batch 1), times up to X_ROWS rows of
+ * x, which share each read of w; for one row of x, CHAINS independent running sums along the row,
+ * so that several multiply-adds are in flight. For a prompt (at least PROMPT_ROWS rows of x),
+ * which is bound by arithmetic, not memory, W_ROWS rows of w times X_ROWS rows of x at once:
+ * each load then serves 4 multiply-adds rather than ~1. The rows of x, at most X_CHUNK at a time
+ * (so that they stay in the caches), are read again for every row of w. */
+
+#define W_ROWS 4
+#define PROMPT_ROWS 16
+#define LANES 16   /* fp32 lanes of a 512-bit vector */
+#define X_CHUNK 64 /* rows of x per pass over w */
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as PyTorch does */
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    if ((bits & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((bits >> 16) | 0x40); /* NaN stays a (quiet) NaN */
+    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+/* out[b] = sum_k w[k] x[b][k] for b < nx (x's rows in_features apart). Inlined with a constant
+ * nx, the loops unroll and the X_ROWS x CHAINS sums stay in vector registers. */
+#if defined(BF16_INTRINSICS)
+/* The CPU's bf16 dot products: _mm512_dpbf16_ps adds to each of 16 fp32 sums the products of two
+ * pairs of bf16 values (exact in fp32): 32 columns per instruction; the last in_features % 32
+ * columns are loaded under a mask (zeros beyond). */
+static inline __attribute__((always_inline)) void dot_bf16(const uint16_t *w, int nw, const uint16_t *x, int nx,
+                                                           long in_features, float out[W_ROWS][X_ROWS]) {
+    const int chains = nw * nx == 1 ? CHAINS : 1; /* several rows: already independent sums */
+    __m512 sums[W_ROWS][X_ROWS][CHAINS];
+    for (int a = 0; a < nw; a++)
+        for (int b = 0; b < nx; b++)
+            for (int c = 0; c < chains; c++)
+                sums[a][b][c] = _mm512_setzero_ps();
+    long k = 0;
+    for (; k + 32 * chains <= in_features; k += 32 * chains)
+        for (int c = 0; c < chains; c++) {
+            __m512i x_b[X_ROWS];
+            for (int b = 0; b < nx; b++)
+                x_b[b] = _mm512_loadu_si512(x + b * in_features + k + 32 * c);
+            for (int a = 0; a < nw; a++) {
+                __m512i w_a = _mm512_loadu_si512(w + a * in_features + k + 32 * c);
+                for (int b = 0; b < nx; b++)
+                    sums[a][b][c] = _mm512_dpbf16_ps(sums[a][b][c], (__m512bh)w_a, (__m512bh)x_b[b]);
+            }
+        }
+    for (; k < in_features; k += 32) {
+        __mmask32 mask = in_features - k >= 32 ? 0xffffffffu : (1u << (in_features - k)) - 1u;
+        __m512i x_b[X_ROWS];
+        for (int b = 0; b < nx; b++)
+            x_b[b] = _mm512_maskz_loadu_epi16(mask, x + b * in_features + k);
+        for (int a = 0; a < nw; a++) {
+            __m512i w_a = _mm512_maskz_loadu_epi16(mask, w + a * in_features + k);
+            for (int b = 0; b < nx; b++)
+                sums[a][b][0] = _mm512_dpbf16_ps(sums[a][b][0], (__m512bh)w_a, (__m512bh)x_b[b]);
+        }
+    }
+    for (int a = 0; a < nw; a++)
+        for (int b = 0; b < nx; b++) {
+            for (int c = 1; c < chains; c++)
+                sums[a][b][0] = _mm512_add_ps(sums[a][b][0], sums[a][b][c]);
+            out[a][b] = _mm512_reduce_add_ps(sums[a][b][0]);
+        }
+}
+#endif
+
+#if defined(INT8_INTRINSICS)
+/* int8 weights widened to fp32 in registers (16 per instruction), times fp32 x. */
+static inline __attribute__((always_inline)) void dot_int8(const int8_t *w, int nw, const float *x, int nx,
+                                                           long in_features, float out[W_ROWS][X_ROWS]) {
+    const int chains = nw * nx == 1 ? CHAINS : 1; /* several rows: already independent sums */
+    __m512 sums[W_ROWS][X_ROWS][CHAINS];
+    for (int a = 0; a < nw; a++)
+        for (int b = 0; b < nx; b++)
+            for (int c = 0; c < chains; c++)
+                sums[a][b][c] = _mm512_setzero_ps();
+    long k = 0;
+    for (; k + LANES * chains <= in_features; k += LANES * chains)
+        for (int c = 0; c < chains; c++) {
+            __m512 x_b[X_ROWS];
+            for (int b = 0; b < nx; b++)
+                x_b[b] = _mm512_loadu_ps(x + b * in_features + k + LANES * c);
+            for (int a = 0; a < nw; a++) {
+                __m512 w_a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + a * in_features + k + LANES * c))));
+                for (int b = 0; b < nx; b++)
+                    sums[a][b][c] = _mm512_fmadd_ps(w_a, x_b[b], sums[a][b][c]);
+            }
+        }
+    for (; k < in_features; k += LANES) {
+        __mmask16 mask = in_features - k >= LANES ? 0xffffu : (__mmask16)((1u << (in_features - k)) - 1u);
+        __m512 x_b[X_ROWS];
+        for (int b = 0; b < nx; b++)
+            x_b[b] = _mm512_maskz_loadu_ps(mask, x + b * in_features + k);
+        for (int a = 0; a < nw; a++) {
+            __m512 w_a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, w + a * in_features + k)));
+            for (int b = 0; b < nx; b++)
+                sums[a][b][0] = _mm512_fmadd_ps(w_a, x_b[b], sums[a][b][0]);
+        }
+    }
+    for (int a = 0; a < nw; a++)
+        for (int b = 0; b < nx; b++) {
+            for (int c = 1; c < chains; c++)
+                sums[a][b][0] = _mm512_add_ps(sums[a][b][0], sums[a][b][c]);
+            out[a][b] = _mm512_reduce_add_ps(sums[a][b][0]);
+        }
+}
+#endif
+
+/* The portable loops (any CPU; GCC vectorises the `omp simd` ones): LANES running sums per row
+ * of x, added up at the end. */
+#define PORTABLE_DOT(name, w_type, x_type, to_f32_w, to_f32_x)                                         \
+    static inline __attribute__((always_inline)) void name(const w_type *w, int nw, const x_type *x, int nx, \
+                                                           long in_features, float out[W_ROWS][X_ROWS]) { \
+        float sums[W_ROWS][X_ROWS][LANES] = {{{0}}};                                                   \
+        long k = 0;                                                                                    \
+        for (; k + LANES <= in_features; k += LANES)                                                   \
+            for (int a = 0; a < nw; a++) {                                                             \
+                float w_a[LANES];                                                                      \
+                _Pragma("omp simd") for (int l = 0; l < LANES; l++) w_a[l] = to_f32_w(w[a * in_features + k + l]); \
+                for (int b = 0; b < nx; b++)                                                           \
+                    _Pragma("omp simd") for (int l = 0; l < LANES; l++)                               \
+                        sums[a][b][l] += w_a[l] * to_f32_x(x[b * in_features + k + l]);               \
+            }                                                                                          \
+        for (int a = 0; a < nw; a++)                                                                   \
+            for (int b = 0; b < nx; b++) {                                                             \
+                float total = 0.0f;                                                                    \
+                for (int l = 0; l < LANES; l++)                                                        \
+                    total += sums[a][b][l];                                                            \
+                for (long r = k; r < in_features; r++) /* the last in_features % LANES columns */      \
+                    total += to_f32_w(w[a * in_features + r]) * to_f32_x(x[b * in_features + r]);    \
+                out[a][b] = total;                                                                     \
+            }                                                                                          \
+    }
+
+#define AS_FLOAT(v) ((float)(v))
+#if !defined(BF16_INTRINSICS)
+PORTABLE_DOT(dot_bf16, uint16_t, uint16_t, bf16_to_f32, bf16_to_f32)
+#endif
+#if !defined(INT8_INTRINSICS)
+PORTABLE_DOT(dot_int8, int8_t, float, AS_FLOAT, AS_FLOAT)
+#endif
+
+/* x (m, in_features) and w (out_features, in_features), row-major -> y (m, out_features); the
+ * statement `store` writes y[i + b][j + a] from out[a][b]. schedule(static) hands each thread one
+ * contiguous run of w's rows, the same for every chunk of x. The blocks take constant sizes (the
+ * sums stay in registers): rows of w one by one, or W_ROWS at a time for a prompt; rows of x
+ * X_ROWS at a time, the rest one by one. */
+#define ROW_MAJOR_LINEAR(dot, x, m, w, in_features, out_features, threads, store)                     \
+    _Pragma("omp parallel num_threads(threads)")                                                       \
+    for (long chunk = 0; chunk < m; chunk += X_CHUNK) {                                                \
+        long chunk_end = chunk + X_CHUNK < m ? chunk + X_CHUNK : m;                                    \
+        int w_rows = m >= PROMPT_ROWS ? W_ROWS : 1;                                                    \
+        long blocks = (out_features + w_rows - 1) / w_rows;                                            \
+        _Pragma("omp for schedule(static)")                                                            \
+        for (long block = 0; block < blocks; block++) {                                                \
+            long j = block * w_rows;                                                                   \
+            int nw = out_features - j < w_rows ? (int)(out_features - j) : w_rows;                     \
+            for (long i = chunk; i < chunk_end; i += X_ROWS) {                                         \
+                int nx = chunk_end - i < X_ROWS ? (int)(chunk_end - i) : X_ROWS;                       \
+                float out[W_ROWS][X_ROWS];                                                             \
+                if (nw == W_ROWS && nx == X_ROWS)                                                      \
+                    dot(w + j * in_features, W_ROWS, x + i * in_features, X_ROWS, in_features, out);   \
+                else if (nw == 1 && nx == X_ROWS)                                                      \
+                    dot(w + j * in_features, 1, x + i * in_features, X_ROWS, in_features, out);        \
+                else                                                                                   \
+                    for (int a = 0; a < nw; a++)                                                       \
+                        for (int b = 0; b < nx; b++) {                                                 \
+                            float one[W_ROWS][X_ROWS];                                                 \
+                            dot(w + (j + a) * in_features, 1, x + (i + b) * in_features, 1, in_features, one); \
+                            out[a][b] = one[0][0];                                                     \
+                        }                                                                              \
+                for (int a = 0; a < nw; a++)                                                           \
+                    for (int b = 0; b < nx; b++)                                                       \
+                        store;                                                                         \
+            }                                                                                          \
+        }                                                                                              \
+    }
+
+/* bf16: x (m, in_features), w (out_features, in_features), bias (out_features) or NULL, y (m,
+ * out_features), all bf16 (raw uint16); products exact, sums in fp32, y rounded to bf16 once. */
+void linear_bf16(const uint16_t *x, long m, const uint16_t *w, const uint16_t *bias, uint16_t *y,
+                 long out_features, long in_features, int threads) {
+    ROW_MAJOR_LINEAR(dot_bf16, x, m, w, in_features, out_features, threads,
+                     y[(i + b) * out_features + j + a] = f32_to_bf16(out[a][b] + (bias ? bf16_to_f32(bias[j + a]) : 0.0f)));
+}
+
+/* int8 weights, one fp32 scale per row (w_real[j][k] = scale[j] * w[j][k]): x (m, in_features),
+ * fp32; bias (out_features) fp32 or NULL -> y (m, out_features) fp32. */
+void linear_int8(const float *x, long m, const int8_t *w, const float *scale, const float *bias, float *y,
+                 long out_features, long in_features, int threads) {
+    ROW_MAJOR_LINEAR(dot_int8, x, m, w, in_features, out_features, threads,
+                     y[(i + b) * out_features + j + a] = scale[j + a] * out[a][b] + (bias ? bias[j + a] : 0.0f));
 }

@@ -1,4 +1,4 @@
-"""The fp32 linear kernel of gptoss/inference/cpu_kernel.c (why it exists: see there), built on first use.
+"""The linear kernels of gptoss/inference/cpu_kernel.c (why they exist: see there), built on first use.
 
 It is built once per machine with the system's C compiler ($CC, else cc or gcc) into
 $GPTOSS_CACHE/kernels/ (default ~/.cache/gptoss/kernels/), under a name hashing the source, the
@@ -9,6 +9,9 @@ InferenceLinear falls back to oneDNN (slower at batch 1). GPTOSS_CPU_KERNEL=0 tu
 
     tiles = pack_tiles(weight)                  # once: weight (out, in), fp32 -> its tiles
     y = linear(x, tiles, bias, out_features)    # x (..., in), fp32 -> x @ weight.T + bias
+    y = linear_bf16(x, weight, bias)            # bf16 x and weight (read where it lies) -> bf16 y
+    q, scale = quantize_int8(weight)            # once: (out, in) int8 and (out,) fp32 row scales
+    y = linear_int8(x, q, scale, bias)          # x (..., in) -> x @ (scale[:, None] * q).T + bias
 """
 
 from __future__ import annotations
@@ -75,7 +78,11 @@ def _load(path: Path, command: list[str]) -> ctypes.CDLL:
     built_tile = ctypes.c_long.in_dll(lib, "tile_outputs").value
     if built_tile != TILE:
         raise RuntimeError(f"{path} has tiles of {built_tile} outputs, cpu_kernel.py of {TILE}")
-    lib.linear_f32.restype = None
+    lib.linear_bf16.restype = lib.linear_int8.restype = lib.linear_f32.restype = None
+    lib.linear_bf16.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                ctypes.c_long, ctypes.c_long, ctypes.c_int]  # as linear_f32's, w row-major bf16
+    lib.linear_int8.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_int]  # x, m, w, scale, bias, y, ...
     lib.linear_f32.argtypes = [
         ctypes.c_void_p,  # x (m, in_features)
         ctypes.c_long,  # m
@@ -107,7 +114,7 @@ def _cpu_description() -> str:
 
 def _unavailable(reason: str) -> None:
     warnings.warn(
-        f"gptoss: fp32 linear layers use oneDNN, not the faster C kernel ({reason}); "
+        f"gptoss: linear layers use oneDNN, not the faster C kernel ({reason}); "
         "set GPTOSS_CPU_KERNEL=0 to choose oneDNN without this warning",
         RuntimeWarning,
         stacklevel=3,
@@ -131,27 +138,113 @@ def pack_tiles(weight: torch.Tensor) -> torch.Tensor:
     return tiles
 
 
-def zeros_in_large_pages(shape: tuple[int, ...]) -> torch.Tensor:
-    """A zeroed fp32 tensor in a memory mapping of its own, asking the OS for 2 MB pages (the
-    tiles are made in these; Linux gives them for the mapping's 2 MB-aligned stretches, most of it).
+def zeros_in_large_pages(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A zeroed tensor in a memory mapping of its own, asking the OS for 2 MB pages (the kernels'
+    weights live in these; Linux gives them for the mapping's 2 MB-aligned stretches, most of it).
 
-    Why, measured (docs/inference.md): GPT-2 small's tiles in PyTorch's memory read at ~38 GB/s
-    at a quiet moment, in mappings of their own ~46, with 2 MB pages ~51 (`torch.sum`: ~59): a
-    stream through 2 MB pages misses the TLB and crosses page boundaries, where the hardware
-    prefetcher stops, 512 times less often. Where anonymous mappings are not available, the usual
-    allocator."""
-    nbytes = math.prod(shape) * 4
+    Why: a stream through 2 MB pages misses the TLB and crosses page boundaries, where the hardware
+    prefetcher stops, 512 times less often, and it reads measurably faster (docs/inference.md).
+    Where anonymous mappings are not available, the usual allocator."""
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes == 0:
-        return torch.zeros(shape)
+        return torch.zeros(shape, dtype=dtype)
     try:
         pages = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # zeroed by the OS
     except (AttributeError, OSError):  # no such mappings (Windows)
-        return torch.zeros(shape)
+        return torch.zeros(shape, dtype=dtype)
     try:
         pages.madvise(mmap.MADV_HUGEPAGE)  # Linux: a request, granted for the 2 MB-aligned stretches
     except (AttributeError, OSError):  # no such request here (macOS), or a kernel without them
         pass
-    return torch.frombuffer(pages, dtype=torch.float32).view(shape)  # the tensor keeps `pages` open
+    return torch.frombuffer(pages, dtype=dtype).view(shape)  # the tensor keeps `pages` open
+
+
+def in_large_pages(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of `tensor` in 2 MB pages (see zeros_in_large_pages): what a weight that
+    the kernels read where it lies is moved into, its old memory then freed."""
+    copy = zeros_in_large_pages(tuple(tensor.shape), tensor.dtype)
+    copy.copy_(tensor)
+    return copy
+
+
+def _checked_library() -> ctypes.CDLL:
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the C kernel is turned off or could not be built here (see cpu_kernel.library())")
+    return lib
+
+
+def _check_rows(x: torch.Tensor, in_features: int, dtype: torch.dtype) -> None:
+    if x.dim() == 0 or x.shape[-1] != in_features or x.dtype is not dtype or not x.is_cpu:
+        raise ValueError(f"input {tuple(x.shape)} {x.dtype} on {x.device}: the kernel takes {dtype} CPU rows of {in_features}")
+
+
+def _check_bias(bias: torch.Tensor | None, out_features: int, dtype: torch.dtype) -> None:
+    if bias is not None and (bias.shape != (out_features,) or bias.dtype is not dtype or not bias.is_cpu or not bias.is_contiguous()):
+        raise ValueError(f"bias {tuple(bias.shape)} {bias.dtype} on {bias.device}: takes a contiguous {dtype} CPU ({out_features},)")
+
+
+def _check_weight(weight: torch.Tensor, dtype: torch.dtype) -> None:
+    if weight.dim() != 2 or weight.dtype is not dtype or not weight.is_cpu or not weight.is_contiguous():
+        raise ValueError(f"weight {tuple(weight.shape)} {weight.dtype} on {weight.device}: takes a contiguous 2-D {dtype} CPU one")
+
+
+def linear_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (..., in_features), bf16 -> x @ weight.T + bias (..., out_features), bf16: the products of
+    the bf16 values (exact in fp32) summed in fp32, rounded to bf16 once; weight (out_features,
+    in_features), bf16, contiguous (read where it lies); bias (out_features,), bf16, or None."""
+    _check_weight(weight, torch.bfloat16)
+    out_features, in_features = weight.shape
+    _check_rows(x, in_features, torch.bfloat16)
+    _check_bias(bias, out_features, torch.bfloat16)
+    lib = _checked_library()
+    x = x.contiguous()
+    out = x.new_empty(*x.shape[:-1], out_features)
+    lib.linear_bf16(
+        x.data_ptr(), math.prod(x.shape[:-1]), weight.data_ptr(), None if bias is None else bias.data_ptr(),
+        out.data_ptr(), out_features, in_features, torch.get_num_threads(),
+    )  # fmt: skip
+    return out
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight (out_features, in_features), floating -> (q, scale): q (out_features, in_features)
+    int8 in 2 MB pages, scale (out_features,) fp32, with weight ~= scale[:, None] * q; each row's
+    largest magnitude maps to 127 (symmetric, round to nearest; a zero row gets scale 1)."""
+    if weight.dim() != 2 or not weight.is_floating_point() or not weight.is_cpu:
+        raise ValueError(f"quantize_int8 takes a 2-D floating CPU weight, got {tuple(weight.shape)} {weight.dtype} on {weight.device}")
+    weight = weight.detach().float()
+    largest = weight.abs().amax(dim=1)
+    scale = torch.where(largest > 0, largest / 127, torch.ones_like(largest))
+    q = zeros_in_large_pages(tuple(weight.shape), torch.int8)
+    for rows in torch.split(torch.arange(weight.shape[0]), 4096):  # a block of rows at a time: no full fp32 temporary
+        q[rows] = (weight[rows] / scale[rows, None]).round_().clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def linear_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (..., in_features), fp32 or bf16 -> x @ (scale[:, None] * q).T + bias (..., out_features),
+    in x's dtype: each int8 weight times the fp32 activation (bf16 ones are widened), summed in fp32,
+    the row's scale applied to the sum (quantize_int8 makes q and scale); bias (out_features,) or None."""
+    _check_weight(q, torch.int8)
+    out_features, in_features = q.shape
+    if scale.shape != (out_features,) or scale.dtype is not torch.float32 or not scale.is_contiguous():
+        raise ValueError(f"scale {tuple(scale.shape)} {scale.dtype}: takes a contiguous fp32 ({out_features},)")
+    dtype = x.dtype
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"input {tuple(x.shape)} {dtype}: the int8 kernel takes fp32 or bf16 rows")
+    x = x.float()
+    bias = None if bias is None else bias.float()
+    _check_rows(x, in_features, torch.float32)
+    _check_bias(bias, out_features, torch.float32)
+    lib = _checked_library()
+    x = x.contiguous()
+    out = x.new_empty(*x.shape[:-1], out_features)
+    lib.linear_int8(
+        x.data_ptr(), math.prod(x.shape[:-1]), q.data_ptr(), scale.data_ptr(), None if bias is None else bias.data_ptr(),
+        out.data_ptr(), out_features, in_features, torch.get_num_threads(),
+    )  # fmt: skip
+    return out.to(dtype)
 
 
 def linear(x: torch.Tensor, tiles: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:

@@ -85,10 +85,13 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 def filter_logits(logits: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
     """Temperature, then top-k, top-p and min-p: logits (B, vocab) -> float32 (B, vocab), with -inf
     for every token that may not be drawn. Expects options.temperature > 0."""
-    logits = logits.float() / options.temperature
+    logits = logits.float()
     if options.top_k is not None and options.top_k < logits.size(-1):
+        # chosen before dividing by the temperature (which keeps the order): the division can round
+        # two different logits to one value (tiny ones to 0), making a tie the logits do not have
         kth_largest = torch.topk(logits, options.top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth_largest, -math.inf)
+    logits = logits / options.temperature
     if options.top_p is not None and options.top_p < 1:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)

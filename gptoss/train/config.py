@@ -114,6 +114,8 @@ class BatchConfig:
 class OptimConfig:
     """[optim]: the optimizer, gradient clipping and the learning-rate schedule."""
 
+    optimizer: str = key("adamw", "adamw, or muon: Muon for the blocks' weight matrices, AdamW for the rest (same lr)")
+    muon_momentum: float = key(0.95, "muon only: momentum of the Muon matrices (Nesterov)")
     learning_rate: float = key(1e-3, "peak learning rate, reached at the end of the warmup")
     min_lr: float = key(1e-4, "floor the cosine and wsd schedules decay to")
     schedule: str = key("cosine", "learning-rate schedule after the warmup: cosine, constant or wsd")
@@ -126,6 +128,10 @@ class OptimConfig:
     grad_clip: float = key(1.0, "clip the global gradient norm to this; 0: no clipping (the norm is still logged)")
 
     def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
+        if not 0 <= self.muon_momentum < 1:
+            raise ValueError(f"muon_momentum must be in [0, 1), got {self.muon_momentum!r}")
         check_at_least(self, 0, "warmup_steps", "weight_decay", "grad_clip")
         if not 0 < self.learning_rate < math.inf:
             raise ValueError(f"learning_rate must be > 0 and finite, got {self.learning_rate!r}")
@@ -307,6 +313,11 @@ class TrainConfig:
         self.lr_schedule()  # the schedule checks its own values (min_lr range, warmup <= max_steps, kinds)
         if self.bpe_dropout and self.tokenizer != "bpe":
             raise ValueError(f"bpe_dropout needs tokenizer = \"bpe\" (BPE merges to drop), got tokenizer = {self.tokenizer!r}")
+        if self.optim.optimizer == "muon" and self.hardware.parallel == "fsdp":
+            raise ValueError(
+                "optimizer = \"muon\" needs each weight matrix whole (its update orthogonalises the matrix), but "
+                "parallel = \"fsdp\" gives each process a shard: use parallel = \"ddp\", or optimizer = \"adamw\" with FSDP"
+            )
         if self.seq_len_warmup_steps and not 1 <= self.seq_len_start <= self.seq_len:
             raise ValueError(f"seq_len_start must be in [1, seq_len = {self.seq_len}], got {self.seq_len_start!r}")
         if not self.sft.conversations:  # fine-tuning takes its model from sft.init_from

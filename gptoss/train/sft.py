@@ -5,7 +5,8 @@
              o200k_harmony; for char and bpe the chat template, whose special tokens the tokenizer
              gains and the checkpoints save)
     model    the checkpoint of init_from (any loadable one, in fp32), its vocabulary grown by the new
-             special tokens' rows; with lora_rank, frozen under LoRA adapters (gptoss.checkpoints.lora)
+             special tokens' rows; with lora_rank, frozen under LoRA adapters (gptoss.checkpoints.lora),
+             the new tokens' rows trained with them
     windows  `ConversationSampler`: one conversation per window, padded at its end, so conversations
              never attend to each other and no mask beyond the causal one is needed. Packing several
              into a window would need a block-diagonal attention mask to keep them apart (the model's
@@ -136,13 +137,17 @@ def lora_targets(sft) -> tuple[str, ...]:
 
 def starting_model(sft, vocab_size: int, adapter_from: Path | None = None) -> GPT:
     """The model a fine-tuning run starts from: init_from in fp32 with `vocab_size` rows, under
-    fresh LoRA adapters when lora_rank (or those saved in `adapter_from`, when resuming)."""
-    model = grow_vocabulary(from_pretrained(sft.init_from, dtype=torch.float32), vocab_size)
+    fresh LoRA adapters when lora_rank (or those saved in `adapter_from`, when resuming). LoRA
+    also trains the embedding (and unembedding) rows of the new tokens: frozen at their random
+    start, the chat template's tokens would mean nothing to the model."""
+    pretrained = from_pretrained(sft.init_from, dtype=torch.float32)
+    new_tokens = range(pretrained.config.vocab_size, vocab_size)
+    model = grow_vocabulary(pretrained, vocab_size)
     if sft.lora_rank:
         if adapter_from is not None:
             load_adapter(model, adapter_from)
         else:
-            add_lora(model, sft.lora_rank, sft.lora_alpha, lora_targets(sft))
+            add_lora(model, sft.lora_rank, sft.lora_alpha, lora_targets(sft), token_indices=list(new_tokens))
     return model
 
 

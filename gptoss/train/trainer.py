@@ -8,7 +8,7 @@ It is composed of parts, each in its own module and each given its own table of 
     processes   `Distributed` (gptoss.train.distributed, [hardware]): torchrun's processes, their
                 collectives, and the model wrapped for them (DDP or FSDP2), compiled when asked
     update      gradient accumulation over micro-batches ([batch]), bf16/fp16 autocast, global-norm
-                clipping (the norm is logged), AdamW with decay on weight matrices only and an LR
+                clipping (the norm is logged), AdamW (or Muon for the hidden matrices) with decay on matrices only and an LR
                 schedule ([optim]; gptoss.train.optim, gptoss.train.schedule)
     guard       a non-finite loss or gradient norm stops the run before the update is applied,
                 naming the step; nothing is saved after it, so the last good checkpoint stays intact
@@ -62,7 +62,7 @@ from gptoss.train.checkpointing import (
 from gptoss.train.config import DataConfig, TrainConfig
 from gptoss.train.distributed import Distributed, wrap_model
 from gptoss.train.metrics import CURVE_FILE, MetricsLog, plot_loss_curve
-from gptoss.train.optim import adamw
+from gptoss.train.optim import adamw, muon
 from gptoss.train.sft import ConversationSampler, load_conversations, padded_windows, starting_model, trainable_share
 from gptoss.train.signals import StopSignals
 from gptoss.train.windows import WindowSampler
@@ -150,10 +150,13 @@ class Trainer:
         self.model = wrap_model(self.raw_model, self.dist, self.device, self.fsdp, hardware.compile,
                                 unused_parameters=self.model_config.mlp == "moe")  # fmt: skip
         optim = config.optim
-        self.optimizer = adamw(
-            self.raw_model, optim.learning_rate, optim.weight_decay, decay_embeddings=optim.decay_embeddings,
-            betas=(optim.beta1, optim.beta2), fused=True,
-        )  # fmt: skip
+        betas = (optim.beta1, optim.beta2)
+        if optim.optimizer == "muon":
+            self.optimizer = muon(self.raw_model, optim.learning_rate, optim.weight_decay, decay_embeddings=optim.decay_embeddings,
+                                  betas=betas, momentum=optim.muon_momentum)  # fmt: skip
+        else:
+            self.optimizer = adamw(self.raw_model, optim.learning_rate, optim.weight_decay, decay_embeddings=optim.decay_embeddings,
+                                   betas=betas, fused=True)  # fmt: skip
         self.schedule = config.lr_schedule()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=hardware.precision == "fp16")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(hardware.precision)

@@ -163,17 +163,52 @@ def test_prepared_model_copies_and_pickles_without_its_packed_copy(model, pack_e
 
 
 def test_bf16_and_casts_take_the_matching_path(model, pack_every_linear, linear_path):
-    """bf16 weights use oneDNN's copy; a prepared model cast to bf16 and back repacks each time."""
+    """bf16 weights are read in place by the C kernel (oneDNN's copy without it); a prepared model
+    cast to bf16 and back repacks each time."""
     fast = prepare_for_inference(random_model(model.config), dtype=torch.bfloat16)
     idx = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(8))
     reference = random_model(model.config).to(torch.bfloat16)
     reference.load_state_dict(fast.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fast(idx), reference(idx))
-        assert fast.lm_head.tiles is None and fast.lm_head.packed_weight is not None
+        assert fast.lm_head.tiles is None and fast.lm_head.in_place == (linear_path == "C kernel")
+        assert (fast.lm_head.packed_weight is None) == (linear_path == "C kernel")
         fast.float()
         torch.testing.assert_close(fast(idx), reference.float()(idx), rtol=1e-5, atol=1e-5)
     assert (fast.lm_head.tiles is not None) == (linear_path == "C kernel")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_weights_give_the_logits_of_the_dequantised_model(model, pack_every_linear, dtype):
+    """weights="int8": every packed layer computes with its int8 weights and per-row scales; the
+    logits equal those of the same model whose linear weights were replaced by the dequantised
+    values (fp32 rounding; bf16 activations: bf16 rounding), and the state dict is the original's."""
+    if cpu_kernel.library() is None:
+        pytest.skip("the C kernel is off or cannot be built here: int8 needs it")
+    fast = prepare_for_inference(random_model(model.config), dtype=dtype, weights="int8")
+    assert fast.lm_head.int8 is not None and fast.transformer.h[0].attn.c_attn.int8 is not None
+    original = random_model(model.config).to(dtype)
+    assert all(torch.equal(v, original.state_dict()[k]) for k, v in fast.state_dict().items())
+    dequantised = random_model(model.config).to(dtype)
+    with torch.no_grad():
+        for name, module in fast.named_modules():
+            if isinstance(module, InferenceLinear):
+                q, scale = module.int8
+                dequantised.get_submodule(name).weight.copy_(scale[:, None] * q)
+        if model.config.tie_embeddings:  # the embedding keeps the original table; only the unembedding is int8
+            dequantised.lm_head.weight = torch.nn.Parameter(dequantised.lm_head.weight.clone())
+            dequantised.transformer.wte.weight.copy_(original.transformer.wte.weight)
+        idx = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(8))
+        tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(fast(idx), dequantised(idx), **tolerance)
+
+
+def test_weights_option_is_checked(model):
+    with pytest.raises(ValueError, match="choose one of auto, fp32, bf16, int8"):
+        prepare_for_inference(random_model(model.config), weights="int4")
+    with pytest.raises(ValueError, match="disagree"):
+        prepare_for_inference(random_model(model.config), dtype=torch.float32, weights="bf16")
+    assert prepare_for_inference(random_model(model.config), weights="bf16").lm_head.weight.dtype == torch.bfloat16
 
 
 def test_small_weights_stay_plain_linear(model):
@@ -650,6 +685,23 @@ def test_generate_command_streams_the_continuation(char_checkpoint, char_model_a
     assert "prompt tokens at" in err and "decoding at" in err and "tokens/s" in err
     assert main(args[:-1] + ["1", "--greedy"]) == 0  # one new token: no decoding step to time
     assert "decoding at n/a (one step)" in capsys.readouterr().err
+
+
+def test_generate_command_with_int8_weights(char_checkpoint, char_model_and_tokenizer, capsys, pack_every_linear):
+    """--weights int8: the tokens of the model prepared with weights="int8"."""
+    from gptoss.cli import main
+
+    if cpu_kernel.library() is None:
+        pytest.skip("the C kernel is off or cannot be built here: int8 needs it")
+    args = ["generate", "--checkpoint", str(char_checkpoint), "--prompt", "the ", "--max-new-tokens", "30", "--greedy"]
+    assert main(args + ["--weights", "int8"]) == 0
+    out, err = capsys.readouterr()
+    model, tokenizer = char_model_and_tokenizer
+    fast = prepare_for_inference(random_model(model.config, seed=3), weights="int8")
+    assert out == "the " + "".join(stream_text(fast, tokenizer, "the ", 30, temperature=0)) + "\n"
+    assert "int8 linear weights" in err
+    assert main(args + ["--weights", "bf16", "--dtype", "float32"]) == 2
+    assert "disagree" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

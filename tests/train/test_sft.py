@@ -18,6 +18,7 @@ from gptoss.config import GPTConfig
 from gptoss.data.tokenizers import CharTokenizer
 from gptoss.model import GPT
 from gptoss.train.config import TrainConfig
+from gptoss.train.sft import grow_vocabulary
 from gptoss.train.trainer import Trainer
 
 EXACT_COLUMNS = ("step", "tokens", "lr", "train_loss", "grad_norm", "val_loss")
@@ -56,26 +57,26 @@ def test_lora_training_changes_only_the_adapters(sft_files, tmp_path):
     trainer.fit()
     changed = {name for name, p in trainer.raw_model.named_parameters() if not torch.equal(p, before[name])}
     adapters = {f"{layer}.lora_{x}" for layer in lora_layers(trainer.raw_model) for x in "AB"}
-    assert changed == adapters  # every adapter moved; every base parameter is bit for bit what it was
-    # the base under the adapters is init_from's (plus the new special tokens' rows)
+    # every adapter moved, and the new chat tokens' rows (the tied unembedding shares them); every
+    # base parameter is bit for bit what it was
+    assert changed == adapters | {"transformer.wte.token_rows"}
+    # the base under the adapters is init_from's, plus the new special tokens' rows
     start = from_pretrained(sft_files / "base")
     vocab = start.config.vocab_size
-    assert torch.equal(trainer.raw_model.transformer.wte.weight[:vocab], start.transformer.wte.weight)
+    assert torch.equal(trainer.raw_model.transformer.wte.base.weight[:vocab], start.transformer.wte.weight)
     assert torch.equal(trainer.raw_model.transformer.h[0].attn.c_attn.base.weight, start.transformer.h[0].attn.c_attn.weight)
 
-    # the checkpoint: the merged model (loads anywhere) and the adapters alone (peft's layout)
+    # the checkpoint: the merged model (loads anywhere) and the adapters alone (peft's layout), the
+    # new tokens' rows in them: on init_from grown by rows of any values, they give the merged model
     checkpoint = trainer.latest_checkpoint()
-    assert (checkpoint / ADAPTER_CONFIG).is_file()
     merged, tokenizer = load_model(checkpoint)
     assert tokenizer.encode("<|assistant|>") == [vocab + 2]
-    adapted = from_pretrained(sft_files / "base")
+    config = json.loads((checkpoint / ADAPTER_CONFIG).read_text())
+    assert config["trainable_token_indices"] == {"transformer.wte": list(range(vocab, tokenizer.vocab_size))}
     with torch.no_grad():
-        from gptoss.train.sft import grow_vocabulary
-
-        adapted = grow_vocabulary(adapted, tokenizer.vocab_size)
-        adapted.transformer.wte.weight.copy_(trainer.raw_model.transformer.wte.weight)
+        adapted = grow_vocabulary(from_pretrained(sft_files / "base"), tokenizer.vocab_size)
         load_adapter(adapted, checkpoint)
-        idx = torch.randint(tokenizer.vocab_size, (2, 16))
+        idx = torch.cat([torch.arange(vocab, tokenizer.vocab_size), torch.randint(vocab, (8,))]).repeat(2, 1)
         torch.testing.assert_close(merged(idx), adapted.eval()(idx), rtol=1e-5, atol=1e-5)
 
 
@@ -126,3 +127,32 @@ def test_bad_sft_inputs_are_clear_errors(sft_files, tmp_path):
         Trainer(sft_config(sft_files, tmp_path / "a").replace(sft={"conversations": str(bad), "init_from": str(sft_files / "base")}))
     with pytest.raises(ValueError, match=r"conversations.jsonl:\d+: the conversation takes \d+ tokens, more than a window of 8"):
         Trainer(sft_config(sft_files, tmp_path / "b").replace(seq_len=8))
+
+
+def test_chat_command_talks_in_the_template_after_fine_tuning(sft_files, tmp_path):
+    """`gptoss chat` as a real process on a fine-tuned char model: it recognises the chat template's
+    tokens, and the greedy replies are what the model learnt (the reasoning only with --show-analysis)."""
+    import os
+    import subprocess
+    import sys
+
+    lessons = {"hi": ("greet", "hello"), "2+2=?": ("two and two", "4")}
+    conversations = tmp_path / "lessons.jsonl"
+    conversations.write_text("".join(json.dumps({"messages": [{"role": "user", "content": question}, {"role": "assistant", "thinking": thinking, "content": answer}]}) + "\n"
+                                     for question, (thinking, answer) in lessons.items()) * 4)  # fmt: skip
+    config = sft_config(sft_files, tmp_path / "run").replace(
+        sft={"conversations": str(conversations), "init_from": str(sft_files / "base")}, max_steps=150,
+        learning_rate=1e-2, batch_size=2, eval_every=0, checkpoint_every=0, log_every=50,
+    )  # fmt: skip
+    trainer = Trainer(config)
+    trainer.fit()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def chat(*options: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "gptoss", "chat", "--checkpoint", str(trainer.latest_checkpoint()), "--greedy", "--max-new-tokens", "16", *options],
+                                input="hi\n/reset\n2+2=?\n", capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert chat() == "> hello\n> > 4\n> \n"  # /reset: each question alone, as they were learnt
+    assert chat("--show-analysis") == "> [analysis] greet\nhello\n> > [analysis] two and two\n4\n> \n"
