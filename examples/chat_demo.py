@@ -101,8 +101,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few steps of each, to check the pipeline (tests)")
     parser.add_argument("--digits", type=int, default=2, help="digits of each number added (default: 2)")
     parser.add_argument("--pretrain-steps", type=int, default=300, help="updates of pretraining (default: 300)")
-    parser.add_argument("--sft-steps", type=int, default=600, help="updates of full fine-tuning (default: 600)")
-    parser.add_argument("--lora-steps", type=int, default=600, help="updates of LoRA fine-tuning (default: 600)")
+    parser.add_argument("--sft-steps", type=int, default=1200, help="updates of full fine-tuning (default: 1200)")
+    parser.add_argument("--lora-steps", type=int, default=1200, help="updates of LoRA fine-tuning (default: 1200)")
     parser.add_argument("--base", help="an existing base checkpoint to fine-tune (skips pretraining)")
     args = parser.parse_args()
     out = Path(args.out)
@@ -143,7 +143,7 @@ def main() -> None:
 
     # 3. full fine-tuning and LoRA (adapters on every linear layer of the blocks, the new chat tokens' embedding rows trained)
     lora = ["--set", "sft.lora_rank=16", "--set", "sft.lora_alpha=32", "--set", "sft.lora_targets=attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj"]
-    for name, options, learning_rate in (("full", [], 2e-3), ("lora", lora, 4e-3)):
+    for name, options, learning_rate in (("full", [], 3e-3), ("lora", lora, 5e-3)):
         summary, results[f"{name}_train_s"] = timed(
             f"fine-tuning ({name})", "train", "--set", f"run_dir={out / name}", "--set", f"sft.conversations={train}",
             "--set", f"sft.val_conversations={val}", "--set", f"sft.init_from={base}", "--set", f"max_steps={steps[name]}",
