@@ -2,13 +2,14 @@
 
     flock /tmp/gptoss-bench.lock .venv/bin/python bench/bench_sinks.py [--rounds 5]
 
-The explicit form is the one the model ran before (and the one tests compare against): scores
-written out, the sink appended as a column, softmax, weights @ v with k and v repeated over each
-group of query heads. The fused form is PyTorch's CPU flash attention with the sink as one more
-key (see Attention.attend_with_sinks). Rows:
+The explicit form (Attention.attend_explicitly) is the one the model ran before, the one tests
+compare against and the one it decodes with: scores written out, the sink appended as a column,
+softmax, weights @ v with k and v repeated over each group of query heads. The fused form
+(Attention.attend_with_sinks) is PyTorch's CPU flash attention with the sink as one more key. Rows:
 - attention: one layer's attention alone, forward + backward, at gpt-oss-tiny's training shape
   (batch 8, 256 tokens, 4 query heads on 2 k/v heads of 32; a window of 32 on sliding layers).
-- decode: one new token against 1024 cached keys (no gradient), gpt-oss-20b's head layout.
+- decode: one new token against 1024 cached keys (no gradient), gpt-oss-20b's head layout: why
+  the model decodes (one query) with the explicit form.
 - train step: gpt-oss-tiny (configs/gpt_oss_tiny.toml's model and batch), forward + backward + AdamW.
 The two alternate, round by round (the machine is shared and noisy); the table gives the medians.
 """
@@ -27,17 +28,7 @@ from gptoss.train.optim import adamw
 from machine import describe
 
 
-def explicit(attention: Attention, q, k, v, mask, dropout: float = 0.0) -> torch.Tensor:
-    """The explicit form: the softmax weights of attention_weights (sink column dropped) @ v."""
-    weights = attention.attention_weights(q, k, mask)[..., :-1].to(v.dtype)
-    return weights @ v.repeat_interleave(attention.num_heads // attention.kv_heads, dim=1)
-
-
-def fused(attention: Attention, q, k, v, mask, dropout: float = 0.0) -> torch.Tensor:
-    return Attention.attend_with_sinks(attention, q, k, v, mask, dropout)
-
-
-FORMS = {"explicit": explicit, "fused": fused}
+FORMS = {"explicit": Attention.attend_explicitly, "fused": Attention.attend_with_sinks}
 
 
 def attention_case(config: GPTConfig, layer: int, B: int, T: int, S: int, dtype, grad: bool):
@@ -50,10 +41,10 @@ def attention_case(config: GPTConfig, layer: int, B: int, T: int, S: int, dtype,
 
     def call(form):
         if grad:
-            form(attention, q, k, v, mask).float().sum().backward()
+            form(attention, q, k, v, mask, 0.0).float().sum().backward()
         else:
             with torch.no_grad():
-                form(attention, q, k, v, mask)
+                form(attention, q, k, v, mask, 0.0)
 
     return call
 

@@ -171,6 +171,8 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=True)
         elif self.sinks is None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=True)
+        elif T == 1:  # decoding one token: too little work for the fused kernel's fixed cost (docs/training.md)
+            y = self.attend_explicitly(q, k, v, mask, dropout)
         else:
             y = self.attend_with_sinks(q, k, v, mask, dropout)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_size)
@@ -191,7 +193,7 @@ class Attention(nn.Module):
 
     def attention_weights(self, q, k, mask) -> torch.Tensor:
         """The softmax weights of each query over the keys, in fp32, written out: what
-        gptoss.inspection records for every layer, and the reference attend_with_sinks is tested against.
+        gptoss.inspection records for every layer, and attend_explicitly's.
 
         q (B, H, T, hs), k (B, Hkv, S, hs), mask (B, 1, T, S) bool or None (every key visible) ->
         (B, H, T, S), or with sinks (B, H, T, S + 1): the last column is the sink's share.
@@ -207,6 +209,17 @@ class Attention(nn.Module):
             sink = self.sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)  # (B, H, T, 1)
             scores = torch.cat([scores, sink], dim=-1)
         return torch.softmax(scores, dim=-1, dtype=torch.float32)
+
+    def attend_explicitly(self, q, k, v, mask, dropout: float) -> torch.Tensor:
+        """Softmax attention with sinks, written out: the weights of attention_weights over the real
+        keys (the sink's column dropped) times the values. The reference the fused attend_with_sinks
+        is tested against, and the decoding path (one query).
+
+        q (B, H, T, hs), k/v (B, Hkv, S, hs), mask (B, 1, T, S) or None (every key visible) -> (B, H, T, hs).
+        """
+        weights = self.attention_weights(q, k, mask)[..., :-1].to(v.dtype)  # (B, H, T, S)
+        weights = F.dropout(weights, dropout, self.training)
+        return weights @ v.repeat_interleave(self.num_heads // self.kv_heads, dim=1)
 
     def attend_with_sinks(self, q, k, v, mask, dropout: float) -> torch.Tensor:
         """Softmax attention with a sink logit per head, through the fused attention kernel.

@@ -126,3 +126,15 @@ def test_muon_under_ddp_matches_one_process(corpus, data_dir, tmp_path):  # noqa
     reference = final_weights(tmp_path / "single")
     for name, tensor in final_weights(tmp_path / "ddp").items():
         torch.testing.assert_close(tensor, reference[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_a_muon_step_reads_no_value_on_the_host():
+    """On the meta device any read of a tensor's value raises: a step that completes there reads none
+    (no wait for an accelerator in the update)."""
+    model = GPT(GPTConfig.preset("gpt-oss-tiny", num_layers=2), device="meta")
+    for p in model.parameters():
+        p.grad = torch.empty_like(p)
+    optimizer = muon(model, 1e-3, 0.1)
+    optimizer.step()
+    optimizer.step()
+    assert optimizer.param_groups[1]["step"] == 2
