@@ -115,12 +115,24 @@ def worker(checkpoint: str, prompt_tokens: int, new_tokens: int, check_tokens: i
         "threads": torch.get_num_threads(),
     }
     if check_tokens:
+        # the same text (the prompt and the kernel's first tokens) through both paths, every position's
+        # logits compared; then greedy decoding on the PyTorch path, which a random model's near-ties
+        # in bf16 logits (201,088 of them, ~1 apart, rounded to 2^-5 near the top) make diverge early
+        text = torch.cat([prompt, torch.tensor([tokens[:check_tokens]])], dim=1)
+        fast_logits = model(text).float()[0]
         for module in model.modules():
             if type(module) is KernelExperts:
                 module.__class__ = PackedExperts  # the current path: decode each expert to bf16, in PyTorch
+        slow_logits = model(text).float()[0]
         _, reference, reference_s = greedy(model, prompt, check_tokens)
         agree = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), min(len(tokens), len(reference)))
-        result.update(check_tokens=len(reference), agreeing_tokens=agree, pytorch_path_decode_tok_s=(check_tokens - 1) / reference_s)
+        top2 = slow_logits.topk(2, dim=-1).values
+        result.update(
+            check_tokens=len(reference), agreeing_tokens=agree, pytorch_path_decode_tok_s=(check_tokens - 1) / reference_s,
+            positions=text.shape[1], same_argmax=int((fast_logits.argmax(-1) == slow_logits.argmax(-1)).sum()),
+            max_logit_difference=float((fast_logits - slow_logits).abs().max()), logit_std=float(slow_logits.std()),
+            median_top2_gap=float((top2[:, 0] - top2[:, 1]).median()),
+        )  # fmt: skip
     return result
 
 
@@ -248,9 +260,11 @@ def main() -> None:
     for line in gpt2:
         print(line)
     if "check_tokens" in ours:
-        print(f"\ngreedy tokens, MXFP4 kernel vs the PyTorch path (experts decoded to bf16; "
-              f"{ours['pytorch_path_decode_tok_s']:.2f} tokens/s): the first {ours['agreeing_tokens']} of "
-              f"{ours['check_tokens']} agree")
+        print(f"\nMXFP4 kernel vs the PyTorch path (experts decoded to bf16; {ours['pytorch_path_decode_tok_s']:.2f} "
+              f"tokens/s) on the same {ours['positions']} tokens: the same argmax at {ours['same_argmax']} positions, "
+              f"logits differ by at most {ours['max_logit_difference']:.3f} (their std: {ours['logit_std']:.3f}; median "
+              f"gap between the top two: {ours['median_top2_gap']:.3f}); greedy decoding: the first "
+              f"{ours['agreeing_tokens']} of {ours['check_tokens']} tokens agree")
 
 
 if __name__ == "__main__":
