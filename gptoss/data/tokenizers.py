@@ -175,7 +175,7 @@ class CharTokenizer(Tokenizer):
         return np.concatenate(arrays).astype(np.int64)
 
     def _encode_chars(self, text: str) -> np.ndarray:
-        """Ids of `text`'s characters (vectorized: a per-character dict lookup is 20x slower)."""
+        """Ids of `text`'s characters (vectorized: a per-character dict lookup is much slower)."""
         code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         ids = np.searchsorted(self._code_points, code_points)
         ids_in_range = np.minimum(ids, len(self.chars) - 1)

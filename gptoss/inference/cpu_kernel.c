@@ -1,10 +1,10 @@
 /* y = x @ w.T + bias in fp32 on a CPU, from a copy of w laid out for reading in one stream.
  *
  * Decoding one token multiplies one row of activations by every weight matrix, so a step takes as
- * long as reading the weights from memory. BLAS's matrix-vector product reads a row-major w at
- * ~80% of the memory's speed here; this layout lets each thread read its share of w front to
- * back in one contiguous run, at 86-100% of the speed of a plain sum over the same bytes
- * (docs/inference.md).
+ * long as reading the weights from memory. BLAS's matrix-vector product reads a row-major w well below
+ * the memory's speed; this layout lets each thread read its share of w front to back in one
+ * contiguous run, close to the speed of a plain sum over the same bytes (docs/inference.md has
+ * the figures).
  *
  * The layout, "tiles" (made by gptoss/inference/cpu_kernel.py): the rows of w (the output features) in
  * groups of TILE; tile t holds its TILE rows column by column, tile[k * TILE + j] =
@@ -111,7 +111,7 @@ void linear_f32(const float *x, long m, const float *tiles, const float *bias, f
  * y[i][j] = sum_k w[j][k] x[i][k] (then int8's per-row scale, and the bias), as dot products
  * along the rows. For a few rows of x (decoding), one row of w at a time, front to back, so that
  * a thread's reads are one stream (interleaving several rows of w, each only a few KB long, keeps
- * restarting the hardware prefetcher: measured ~2x slower at batch 1), times up to X_ROWS rows of
+ * restarting the hardware prefetcher, which is slower at batch 1), times up to X_ROWS rows of
  * x, which share each read of w; for one row of x, CHAINS independent running sums along the row,
  * so that several multiply-adds are in flight. For a prompt (at least PROMPT_ROWS rows of x),
  * which is bound by arithmetic, not memory, W_ROWS rows of w times X_ROWS rows of x at once:

@@ -32,7 +32,7 @@ class InferenceLinear(nn.Linear):
     - int8 (`quantized`): a copy quantised per output row (a quarter of the fp32 weight's bytes),
       widened to fp32 in registers;
     - where the kernel cannot be built (no C compiler): oneDNN's own layout, in a copy, for its
-      inner product (at batch 1 it reads at ~60-80% of the memory's speed); int8 is then not used.
+      inner product (slower than the kernels at batch 1: docs/inference.md); int8 is then not used.
 
     The costs: a few us more per call than F.linear, which is why small weights are left alone (see
     MIN_PACKED_WEIGHT); the memory of the fp32 tiles or the int8 copy.
@@ -61,7 +61,7 @@ class InferenceLinear(nn.Linear):
         return {**self.__dict__, "tiles": None, "packed_weight": None, "int8": None, "packed_from": None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # ~9 us a call in all (F.linear: ~5), ~50 calls per decoding step: every attribute read counts
+        # called ~50 times per decoding step, each call a few microseconds: every attribute read counts
         weight = self.weight
         if torch.is_grad_enabled() or not (x.is_cpu and weight.is_cpu) or x.dtype != weight.dtype:
             return F.linear(x, weight, self.bias)
