@@ -33,26 +33,14 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from machine import describe, read_bandwidth
+from machine import best_seconds as best_of, describe, read_bandwidth
 
 FORMATS = ["fp32", "bf16", "int8"]  # prepare_for_inference's weights=
 LLAMA_TYPES = {"fp32": "f32", "bf16": "bf16"}  # ours -> convert_hf_to_gguf.py's --outtype
 PROMPT_TOKENS, NEW_TOKENS = 8, 64
-
-
-def best_of(fn, tries: int = 5) -> float:
-    """Seconds of the fastest of `tries` calls of fn(), after one untimed call."""
-    fn()
-    best = float("inf")
-    for _ in range(tries):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 # ------------------------------------------------------------------- table 1: matrix-vector products

@@ -1,11 +1,8 @@
 """The linear kernels of gptoss/inference/cpu_kernel.c (why they exist: see there), built on first use.
 
-It is built once per machine with the system's C compiler ($CC, else cc or gcc) into
-$GPTOSS_CACHE/kernels/ (default ~/.cache/gptoss/kernels/), under a name hashing the source, the
-compiler, its flags and the CPU: an edited source, or a home folder shared with another kind of
-CPU (the build uses -march=native), gets its own build. Where it cannot be built or loaded (no
-compiler, no OpenMP, an unwritable cache), `library()` warns once and returns None, and
-InferenceLinear falls back to oneDNN (slower at batch 1). GPTOSS_CPU_KERNEL=0 turns it off.
+It is built once per machine by gptoss.util.c_build (the system's C compiler, a build per source,
+flags and CPU, cached). Where it cannot be built or loaded, `library()` warns once and returns
+None, and InferenceLinear falls back to oneDNN (slower at batch 1). GPTOSS_CPU_KERNEL=0 turns it off.
 
     tiles = pack_tiles(weight)                  # once: weight (out, in), fp32 -> its tiles
     y = linear(x, tiles, bias, out_features)    # x (..., in), fp32 -> x @ weight.T + bias
@@ -18,66 +15,32 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import math
 import mmap
-import os
-import platform
-import shlex
-import shutil
-import subprocess
-import warnings
 from pathlib import Path
 
 import torch
 
-from gptoss.util.files import cache_dir, write_file_atomically
+from gptoss.util import c_build
+from gptoss.util.c_build import build_library, compiler  # noqa: F401 (compiler: this module's API)
 
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = c_build.FLAGS  # a module attribute: the tests add -mno-... flags to build the portable loops
 TILE = 16  # output features per tile: cpu_kernel.c's TILE (checked when it is loaded)
-
-
-def compiler() -> list[str] | None:
-    """The C compiler command: $CC (split like a shell would), else cc or gcc; None if none."""
-    if os.environ.get("CC"):
-        return shlex.split(os.environ["CC"])
-    found = shutil.which("cc") or shutil.which("gcc")
-    return [found] if found else None
 
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The kernel, loaded (and built first if this machine has no build yet); None when it is
-    turned off (GPTOSS_CPU_KERNEL=0) or cannot be built here, after a warning saying why."""
-    if os.environ.get("GPTOSS_CPU_KERNEL") == "0":
-        return None
-    try:
-        command = compiler()
-        if command is None:
-            return _unavailable("no C compiler found; install gcc, or set CC")
-        fingerprint = b"\0".join(s.encode() for s in [*command, *FLAGS, _cpu_description()]) + SOURCE.read_bytes()
-        path = cache_dir() / "kernels" / f"cpu_kernel-{hashlib.sha256(fingerprint).hexdigest()[:16]}.so"
-        try:
-            lib = _load(path, command)
-        except OSError:  # a build that does not load (damaged, or made for another runtime): once more
-            path.unlink(missing_ok=True)
-            lib = _load(path, command)
-    except Exception as error:  # whatever the cause, the oneDNN path still works: say why, use it
-        return _unavailable(f"{type(error).__name__}: {error}")
-    return lib
+    """The kernel, loaded (and built first if this machine has no build yet: gptoss.util.c_build);
+    None when it is turned off (GPTOSS_CPU_KERNEL=0) or cannot be built here, after a warning."""
+    return build_library(SOURCE, FLAGS, _declare, "linear layers use oneDNN, not the faster C kernel")
 
 
-def _load(path: Path, command: list[str]) -> ctypes.CDLL:
-    """Load the build at `path`, building it first (atomically: other processes may be loading it)
-    when it is not there."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_file_atomically(path, lambda tmp: _compile(command, tmp))
-    lib = ctypes.CDLL(str(path))
+def _declare(lib: ctypes.CDLL) -> None:
+    """Check the build's tile size and declare its functions' signatures."""
     built_tile = ctypes.c_long.in_dll(lib, "tile_outputs").value
     if built_tile != TILE:
-        raise RuntimeError(f"{path} has tiles of {built_tile} outputs, cpu_kernel.py of {TILE}")
+        raise RuntimeError(f"{lib._name} has tiles of {built_tile} outputs, cpu_kernel.py of {TILE}")
     lib.linear_bf16.restype = lib.linear_int8.restype = lib.linear_f32.restype = None
     lib.linear_bf16.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                 ctypes.c_long, ctypes.c_long, ctypes.c_int]  # as linear_f32's, w row-major bf16
@@ -93,33 +56,6 @@ def _load(path: Path, command: list[str]) -> ctypes.CDLL:
         ctypes.c_long,  # in_features
         ctypes.c_int,  # threads
     ]
-    return lib
-
-
-def _compile(command: list[str], output: Path) -> None:
-    result = subprocess.run([*command, *FLAGS, str(SOURCE), "-o", str(output)], capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        raise RuntimeError(f"{shlex.join(command)} could not build {SOURCE.name}: {result.stderr.strip()[-1000:]}")
-
-
-def _cpu_description() -> str:
-    """The CPU's model and instruction sets (from /proc/cpuinfo where there is one)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    keys = ("model name", "flags", "Features", "CPU part")
-    return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in keys}))
-
-
-def _unavailable(reason: str) -> None:
-    warnings.warn(
-        f"gptoss: linear layers use oneDNN, not the faster C kernel ({reason}); "
-        "set GPTOSS_CPU_KERNEL=0 to choose oneDNN without this warning",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-    return None
 
 
 def pack_tiles(weight: torch.Tensor) -> torch.Tensor:

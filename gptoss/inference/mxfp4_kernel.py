@@ -1,5 +1,5 @@
 """gpt-oss's experts computed from their MXFP4 bytes by gptoss/inference/mxfp4_kernel.c (why and
-how: see there), built on first use like cpu_kernel.c, and the experts module that uses it.
+how: see there), built on first use by gptoss.util.c_build like cpu_kernel.c, and the experts module that uses it.
 
     y = linear(x, blocks, scales, bias)              # x (..., in) fp32 @ the MXFP4 matrix (out, in).T
     out = experts(packed, tokens, top_experts, top_weights)   # one MoE layer after its router
@@ -15,19 +15,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import shlex
-import subprocess
 import threading
-import warnings
 from pathlib import Path
 
 import torch
 
 from gptoss.checkpoints.mxfp4 import BLOCK_SIZE, PackedExperts
-from gptoss.inference.cpu_kernel import FLAGS, _cpu_description, compiler
-from gptoss.util.files import cache_dir, write_file_atomically
+from gptoss.util.c_build import FLAGS, build_library
 
 SOURCE = Path(__file__).with_name("mxfp4_kernel.c")
 LAYOUT_VERSION = 1  # mxfp4_kernel.c's mxfp4_layout_version (checked when it is loaded)
@@ -44,54 +38,20 @@ SIGNATURES = {  # name: (restype, argtypes), as mxfp4_kernel.c declares them
 
 @functools.cache
 def library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
-    """The kernel, loaded (and built first if this machine has no build yet); None when C kernels
-    are turned off (GPTOSS_CPU_KERNEL=0) or it cannot be built here, after a warning saying why.
-    extra_flags: more compiler flags (the tests build the portable loop with -mno-avx512bf16)."""
-    if os.environ.get("GPTOSS_CPU_KERNEL") == "0":
-        return None
-    try:
-        command = compiler()
-        if command is None:
-            return _unavailable("no C compiler found; install gcc, or set CC")
-        flags = [*FLAGS, *extra_flags]
-        fingerprint = b"\0".join(s.encode() for s in [*command, *flags, _cpu_description()]) + SOURCE.read_bytes()
-        path = cache_dir() / "kernels" / f"mxfp4_kernel-{hashlib.sha256(fingerprint).hexdigest()[:16]}.so"
-        try:
-            return _load(path, command, flags)
-        except OSError:  # a build that does not load (damaged, or made for another runtime): once more
-            path.unlink(missing_ok=True)
-            return _load(path, command, flags)
-    except Exception as error:  # whatever the cause, the PyTorch path still works: say why, use it
-        return _unavailable(f"{type(error).__name__}: {error}")
+    """The kernel, loaded (and built first if this machine has no build yet: gptoss.util.c_build);
+    None when C kernels are turned off (GPTOSS_CPU_KERNEL=0) or it cannot be built here, after a
+    warning. extra_flags: more compiler flags (the tests build the portable loop with -mno-avx512bf16)."""
+    fallback = "MXFP4 experts are decoded to bf16 in PyTorch, not computed by the much faster C kernel"
+    return build_library(SOURCE, [*FLAGS, *extra_flags], _declare, fallback)
 
 
-def _load(path: Path, command: list[str], flags: list[str]) -> ctypes.CDLL:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_file_atomically(path, lambda tmp: _compile(command, flags, tmp))
-    lib = ctypes.CDLL(str(path))
+def _declare(lib: ctypes.CDLL) -> None:
+    """Check the build's layout version and declare its functions' signatures."""
     version = ctypes.c_long.in_dll(lib, "mxfp4_layout_version").value
     if version != LAYOUT_VERSION:
-        raise RuntimeError(f"{path} has layout version {version}, mxfp4_kernel.py expects {LAYOUT_VERSION}")
+        raise RuntimeError(f"{lib._name} has layout version {version}, mxfp4_kernel.py expects {LAYOUT_VERSION}")
     for name, (restype, argtypes) in SIGNATURES.items():
         getattr(lib, name).restype, getattr(lib, name).argtypes = restype, argtypes
-    return lib
-
-
-def _compile(command: list[str], flags: list[str], output: Path) -> None:
-    result = subprocess.run([*command, *flags, str(SOURCE), "-o", str(output)], capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        raise RuntimeError(f"{shlex.join(command)} could not build {SOURCE.name}: {result.stderr.strip()[-1000:]}")
-
-
-def _unavailable(reason: str) -> None:
-    warnings.warn(
-        f"gptoss: MXFP4 experts are decoded to bf16 in PyTorch, not computed by the much faster C kernel "
-        f"({reason}); set GPTOSS_CPU_KERNEL=0 to choose that without this warning",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-    return None
 
 
 def vectorised(lib: ctypes.CDLL) -> bool:

@@ -2,6 +2,8 @@
 product equals the exact one for any shape, batch and thread count, and the kernels are built once
 per machine, or cleanly not at all."""
 
+import platform
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -150,7 +152,7 @@ def test_int8_kernel_equals_the_product_of_the_dequantised_weight(out_features, 
 def test_the_portable_loops_equal_the_exact_products_too(fresh_build, monkeypatch, portable):
     """Built for a CPU without the bf16 dot products (or without AVX-512 at all), the kernel takes
     its portable C loops: the same results, within the same bounds."""
-    if cpu_kernel.platform.machine() not in ("x86_64", "AMD64"):
+    if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("x86 compiler flags")
     monkeypatch.setattr(cpu_kernel, "FLAGS", [*cpu_kernel.FLAGS, *portable])
     assert cpu_kernel.library() is not None
