@@ -3,7 +3,7 @@
 The lesson is at the top: `config.py` (GPTConfig and its presets), `model.py` (the whole model),
 `kv_cache.py` (incremental decoding). Every other concern has its subpackage:
 
-    util/         atomic files, devices, argument checks, unwrapping compiled/distributed models
+    util/         atomic files, devices, argument checks, unwrapping compiled/distributed models, C kernels built on first use
     data/         tokenizers, corpora, token files, batches
     checkpoints/  the project's own format, Hugging Face / OpenAI names and configs, MXFP4, load, export
     train/        run config, trainer and its parts (distributed, checkpoints, metrics, signals,
