@@ -452,9 +452,10 @@ def wait_for_metrics_row(process: subprocess.Popen, run_dir: Path, past_step: in
         time.sleep(0.005)
 
 
-def test_resume_after_sigkill_is_bit_exact(corpus, data_dir, tmp_path):
-    config = tiny_config(corpus, data_dir, tmp_path / "killed", max_steps=150, checkpoint_every=20, eval_every=20,
-                         model=TINY_MODEL | {"dropout": 0.1})  # dropout: the RNG state must be restored too
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])  # muon: its momentum buffers come back too
+def test_resume_after_sigkill_is_bit_exact(corpus, data_dir, tmp_path, optimizer):
+    config = tiny_config(corpus, data_dir, tmp_path / "killed", optimizer=optimizer, max_steps=150, checkpoint_every=20,
+                         eval_every=20, model=TINY_MODEL | {"dropout": 0.1})  # dropout: the RNG state must be restored too
     path = write_toml(tmp_path / "run.toml", config)
     killed = start_cli("--config", str(path))
     wait_for_metrics_row(killed, tmp_path / "killed", past_step=21)
