@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from gptoss import GPT, GPTConfig
 from gptoss.checkpoints.mxfp4 import PackedExperts, dequantize_mxfp4
 from gptoss.inference import generate, mxfp4_kernel, prepare_for_inference
-from gptoss.inference.cpu_kernel import compiler
 from gptoss.inference.mxfp4_kernel import KernelExperts
+from gptoss.util.c_build import compiler
+from test_cpu_kernel import run_on_threads
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="no C compiler: MXFP4 experts decode in PyTorch")
 BUILDS = {"native": (), "portable": ("-mno-avx512bf16",)}  # the second is the scalar loop on any x86 CPU
@@ -58,15 +59,6 @@ def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
     return ((out.double() - reference).abs().max() / reference.abs().max()).item()
 
 
-def with_threads(threads: int, fn):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return fn()
-    finally:
-        torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("which", BUILDS)
 @settings(max_examples=40, deadline=None)
 @given(
@@ -92,10 +84,10 @@ def test_linear_equals_dequantise_then_matmul(which, out_features, groups, token
     # the error of an fp32 sum is relative to the sum of the magnitudes it adds (a product of a
     # few outputs can cancel to far below them)
     magnitude = (x.double().abs() @ weight.double().abs().T + (0 if b is None else b.double().abs())).max()
-    exact = with_threads(threads, lambda: mxfp4_kernel.linear(x, blocks, scales, b, terms=3, lib=lib))
+    exact = run_on_threads(threads, lambda: mxfp4_kernel.linear(x, blocks, scales, b, terms=3, lib=lib))
     assert exact.shape == (tokens, out_features)
     assert ((exact.double() - expected).abs().max() / magnitude).item() <= 1e-5
-    rounded = with_threads(threads, lambda: mxfp4_kernel.linear(x, blocks, scales, b, terms=1, lib=lib))
+    rounded = run_on_threads(threads, lambda: mxfp4_kernel.linear(x, blocks, scales, b, terms=1, lib=lib))
     x_bf16 = x.bfloat16().double()
     expected_bf16 = x_bf16 @ weight.double().T + (0 if b is None else b.double())
     assert ((rounded.double() - expected_bf16).abs().max() / magnitude).item() <= 1e-5
@@ -160,7 +152,7 @@ def test_moe_layer_equals_the_pytorch_path(which, blocks_in, blocks_hidden, top_
     top_weights = top_logits.softmax(-1)
     with torch.no_grad():
         expected = experts.mix(x.double().float(), top_experts, top_weights).double()
-        out = with_threads(threads, lambda: mxfp4_kernel.experts(experts, x, top_experts, top_weights, lib=lib))
+        out = run_on_threads(threads, lambda: mxfp4_kernel.experts(experts, x, top_experts, top_weights, lib=lib))
     assert out.dtype == torch.float32 and out.shape == x.shape
     assert relative_error(out, expected) <= 1e-5
 
