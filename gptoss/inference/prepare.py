@@ -4,6 +4,8 @@ packed bytes (`prepare_for_inference`)."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -32,7 +34,9 @@ class InferenceLinear(nn.Linear):
     - int8 (`quantized`): a copy quantised per output row (a quarter of the fp32 weight's bytes),
       widened to fp32 in registers;
     - where the kernel cannot be built (no C compiler): oneDNN's own layout, in a copy, for its
-      inner product (slower than the kernels at batch 1: docs/inference.md); int8 is then not used.
+      inner product (slower than the kernels at batch 1: docs/inference.md); int8 is then not used;
+      where oneDNN cannot pack the dtype on this CPU either (bf16 without AVX-512 or AVX-NE-CONVERT),
+      F.linear.
 
     The costs: a few us more per call than F.linear, which is why small weights are left alone (see
     MIN_PACKED_WEIGHT); the memory of the fp32 tiles or the int8 copy.
@@ -52,7 +56,7 @@ class InferenceLinear(nn.Linear):
         if self.in_place:  # the old memory is freed (a tied weight moves too); a normal tensor, even when
             with torch.inference_mode(False):  # repacked while generating: training can use it after
                 self.weight.data = cpu_kernel.in_large_pages(weight)
-        self.packed_weight = None if use_kernel else torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        self.packed_weight = None if use_kernel or not onednn_packs(weight.dtype) else torch.ops.mkldnn._reorder_linear_weight(weight, 1)
         self.packed_from = (self.weight.data_ptr(), self.weight._version)
 
     def __getstate__(self) -> dict:
@@ -76,7 +80,20 @@ class InferenceLinear(nn.Linear):
             if x.numel() >= PROMPT_ROWS * self.in_features:
                 return F.linear(x, weight, self.bias)
             return cpu_kernel.linear_bf16(x, weight, self.bias)
+        if self.packed_weight is None:  # neither the kernel nor oneDNN can take this weight here
+            return F.linear(x, weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+
+@functools.cache
+def onednn_packs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN can pack a linear weight of `dtype` on this CPU (its bf16 path needs AVX-512
+    or AVX-NE-CONVERT, and refuses other CPUs with a RuntimeError)."""
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=dtype), 1)
+    except RuntimeError:
+        return False
+    return True
 
 
 # Weights smaller than this (elements) stay plain nn.Linear: reading them takes less time than the
