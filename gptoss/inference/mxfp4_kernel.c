@@ -28,8 +28,13 @@
  * computed; then the down projection, the routing weights, and each token's sum over its k
  * experts. Work is split over output rows between OpenMP threads (as many as PyTorch uses).
  *
- * Without AVX512_BF16 (other CPUs, other compilers) the same functions run a portable scalar loop.
- * Built by gptoss/inference/mxfp4_kernel.py (-O3 -march=native -fopenmp).
+ * With AVX2 and FMA but no AVX512_BF16 (e.g. AMD Zen 2/3), the split vectors are fp32 (one value
+ * per column, the input rounded to `terms` bf16 terms, in the same order) and a pair of blocks is
+ * decoded with vpshufb (_mm256_shuffle_epi8) from a table of twice the E2M1 values (small integers,
+ * exact in int8), widened to fp32 and multiplied with FMA, block by block, each block's sum then
+ * scaled by half its scale. Without either (other CPUs, other compilers) the same functions run a
+ * portable scalar loop on the fp32 split vectors. Built by gptoss/inference/mxfp4_kernel.py (-O3
+ * -march=native -fopenmp).
  */
 
 #include <math.h>
@@ -38,7 +43,14 @@
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
 #include <immintrin.h>
-#define MX_VECTOR 1
+#define MX_BF16_DOT 1 /* split vectors of bf16 terms, vdpbf16ps */
+typedef uint16_t split_t;
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define MX_AVX2 1 /* fp32 split vectors, vpshufb + FMA */
+typedef float split_t;
+#else
+typedef float split_t; /* fp32 split vectors, scalar loop */
 #endif
 
 #define BLOCK 32       /* values per MXFP4 block, sharing one scale */
@@ -48,11 +60,13 @@
 #define ROW_ITEM 16    /* weight rows per unit of work handed to a thread */
 
 const long mxfp4_layout_version = 1; /* checked by mxfp4_kernel.py */
-const long mxfp4_vectorised =
-#ifdef MX_VECTOR
-    1;
+const char mxfp4_instructions[] = /* read by mxfp4_kernel.py: which of the three paths this build runs */
+#if defined(MX_BF16_DOT)
+    "avx512_bf16";
+#elif defined(MX_AVX2)
+    "avx2";
 #else
-    0;
+    "portable";
 #endif
 
 static inline uint16_t bf16_from_float(float f) { /* round to nearest even, as PyTorch's .to(bfloat16) */
@@ -81,8 +95,14 @@ static inline void store_value(void *p, long i, int bf16, float v) {
 
 static inline long pairs_of(long in_features) { return (in_features / BLOCK + 1) / 2; }
 
-/* uint16 values in one split vector of `in_features` (all its terms) */
-static inline long split_length(long in_features, int terms) { return terms * pairs_of(in_features) * PAIR; }
+/* split_t values in one term of a split vector of `in_features`, and in all its terms (fp32 split
+ * vectors have one: the sum of the bf16 terms, exact in fp32) */
+static inline long term_length(long in_features) { return pairs_of(in_features) * PAIR; }
+#ifdef MX_BF16_DOT
+static inline long split_length(long in_features, int terms) { return terms * term_length(in_features); }
+#else
+static inline long split_length(long in_features, int terms) { (void)terms; return term_length(in_features); }
+#endif
 
 /* Where input value c goes in its term of a split vector: pair c/64, then the even columns of both
  * blocks (first block's 16, second's 16), then the odd ones. */
@@ -92,25 +112,36 @@ static inline long split_position(long c) {
 }
 
 /* Put value v (input column c) into a split vector, as `terms` bf16 terms: hi, then what hi
- * misses, ... (each difference is exact in fp32). */
-static inline void split_value(uint16_t *split, long term_stride, int terms, long c, float v) {
+ * misses, ... (each difference is exact in fp32); an fp32 split vector holds their sum. */
+static inline void split_value(split_t *split, long term_stride, int terms, long c, float v) {
     long pos = split_position(c);
+#ifdef MX_BF16_DOT
     for (int t = 0; t < terms; t++) {
         uint16_t h = bf16_from_float(v);
         split[t * term_stride + pos] = h;
         v -= float_from_bf16(h);
     }
+#else
+    (void)term_stride;
+    float sum = 0.0f;
+    for (int t = 0; t < terms; t++) {
+        float h = float_from_bf16(bf16_from_float(v));
+        sum += h;
+        v -= h;
+    }
+    split[pos] = sum;
+#endif
 }
 
 /* x (in_features values, fp32 or bf16) -> its split vector (split_length values; a missing second
  * block of the last pair stays zero). */
-static void split_vector(const void *x, int x_bf16, long in_features, int terms, uint16_t *split) {
-    long term_stride = pairs_of(in_features) * PAIR;
-    memset(split, 0, (size_t)split_length(in_features, terms) * sizeof(uint16_t));
+static void split_vector(const void *x, int x_bf16, long in_features, int terms, split_t *split) {
+    long term_stride = term_length(in_features);
+    memset(split, 0, (size_t)split_length(in_features, terms) * sizeof(split_t));
     for (long c = 0; c < in_features; c++) split_value(split, term_stride, terms, c, load_value(x, c, x_bf16));
 }
 
-#ifdef MX_VECTOR
+#if defined(MX_BF16_DOT)
 static const uint16_t FP4_BF16_TWICE[32] = {
     0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0,
     0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0,
@@ -121,7 +152,7 @@ static const uint16_t FP4_BF16_TWICE[32] = {
 /* out[i] = (row . vector i) for n split vectors x[i] (n, terms: compile-time constants after
  * inlining); the row is `groups` blocks and their scale bytes. */
 static inline __attribute__((always_inline)) void row_dot_body(const uint8_t *blocks, const uint8_t *scales, long groups,
-                                                              const uint16_t *const *x, long term_stride, float *out,
+                                                              const split_t *const *x, long term_stride, float *out,
                                                               const int n, const int terms) {
     const __m512i table = _mm512_loadu_si512(FP4_BF16_TWICE);
     const __m512i lane_block = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
@@ -145,7 +176,7 @@ static inline __attribute__((always_inline)) void row_dot_body(const uint8_t *bl
             for (int i = 0; i < n; i++) {
                 __m512 d = _mm512_setzero_ps();
                 for (int t = 0; t < terms; t++) {
-                    const uint16_t *xp = x[i] + t * term_stride + p * PAIR;
+                    const split_t *xp = x[i] + t * term_stride + p * PAIR;
                     d = _mm512_dpbf16_ps(d, even, (__m512bh)_mm512_loadu_si512(xp));
                     d = _mm512_dpbf16_ps(d, odd, (__m512bh)_mm512_loadu_si512(xp + 32));
                 }
@@ -159,7 +190,7 @@ static inline __attribute__((always_inline)) void row_dot_body(const uint8_t *bl
 #define ROW_DOT_CASE(N, T) \
     case (N) * 4 + (T): row_dot_body(blocks, scales, groups, x, term_stride, out, N, T); return;
 
-static void row_dot(const uint8_t *blocks, const uint8_t *scales, long groups, const uint16_t *const *x, int n,
+static void row_dot(const uint8_t *blocks, const uint8_t *scales, long groups, const split_t *const *x, int n,
                     long term_stride, int terms, float *out) {
     switch (n * 4 + terms) { /* n = 1 .. TOKEN_TILE, terms = 1 .. 3 */
         ROW_DOT_CASE(1, 1) ROW_DOT_CASE(2, 1) ROW_DOT_CASE(3, 1) ROW_DOT_CASE(4, 1)
@@ -170,24 +201,94 @@ static void row_dot(const uint8_t *blocks, const uint8_t *scales, long groups, c
         ROW_DOT_CASE(5, 3) ROW_DOT_CASE(6, 3) ROW_DOT_CASE(7, 3) ROW_DOT_CASE(8, 3)
     }
 }
+#elif defined(MX_AVX2)
+/* Twice the 16 E2M1 values (integers, exact in int8), for vpshufb; each block's sum is then
+ * scaled by half its scale. */
+static const int8_t FP4_TWICE_INT8[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+static inline float half_scale(uint8_t s) { /* 2^(s - 128): s - 1 in the exponent, or a subnormal */
+    uint32_t u = s >= 2 ? (uint32_t)(s - 1) << 23 : 0x00200000u << s;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* out[i] = (row . x[i]) for n fp32 split vectors (n: a compile-time constant after inlining).
+ * Per pair of blocks: 32 bytes -> the even columns' codes (low nibbles) and the odd ones' (high),
+ * looked up in both 128-bit lanes at once (lane 0: the first block, lane 1: the second), widened
+ * to 8 vectors of 8 fp32; four of them are the first block's, four the second's. */
+static inline __attribute__((always_inline)) void row_dot_body(const uint8_t *blocks, const uint8_t *scales, long groups,
+                                                              const split_t *const *x, float *out, const int n) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)FP4_TWICE_INT8));
+    const __m256i nibble = _mm256_set1_epi8(0x0f);
+    __m256 acc_first[TOKEN_TILE], acc_second[TOKEN_TILE]; /* two chains: the blocks of a pair */
+    for (int i = 0; i < n; i++) acc_first[i] = acc_second[i] = _mm256_setzero_ps();
+    long pairs = (groups + 1) / 2;
+    for (long p = 0; p < pairs; p++) {
+        const uint8_t *b = blocks + p * 2 * BLOCK_BYTES;
+        int both = 2 * p + 1 < groups;
+        __m256i raw = both ? _mm256_loadu_si256((const __m256i *)b) : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)b));
+        __m256i even = _mm256_shuffle_epi8(table, _mm256_and_si256(raw, nibble));
+        __m256i odd = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble));
+        __m128i e0 = _mm256_castsi256_si128(even), e1 = _mm256_extracti128_si256(even, 1);
+        __m128i o0 = _mm256_castsi256_si128(odd), o1 = _mm256_extracti128_si256(odd, 1);
+        __m256 w[8] = { /* split positions 0-7, 8-15 (first block, even), 16-31 (second, even), 32-63 (odd) */
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(e0)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(e0, 8))),
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(e1)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(e1, 8))),
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(o0)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(o0, 8))),
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(o1)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(o1, 8))),
+        };
+        __m256 s_first = _mm256_set1_ps(half_scale(scales[2 * p]));
+        __m256 s_second = _mm256_set1_ps(both ? half_scale(scales[2 * p + 1]) : 0.0f);
+        for (int i = 0; i < n; i++) {
+            const float *xp = x[i] + p * PAIR;
+            __m256 d_first = _mm256_mul_ps(w[0], _mm256_loadu_ps(xp));
+            d_first = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xp + 8), d_first);
+            d_first = _mm256_fmadd_ps(w[4], _mm256_loadu_ps(xp + 32), d_first);
+            d_first = _mm256_fmadd_ps(w[5], _mm256_loadu_ps(xp + 40), d_first);
+            __m256 d_second = _mm256_mul_ps(w[2], _mm256_loadu_ps(xp + 16));
+            d_second = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xp + 24), d_second);
+            d_second = _mm256_fmadd_ps(w[6], _mm256_loadu_ps(xp + 48), d_second);
+            d_second = _mm256_fmadd_ps(w[7], _mm256_loadu_ps(xp + 56), d_second);
+            acc_first[i] = _mm256_fmadd_ps(d_first, s_first, acc_first[i]);
+            acc_second[i] = _mm256_fmadd_ps(d_second, s_second, acc_second[i]);
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        __m256 a = _mm256_add_ps(acc_first[i], acc_second[i]);
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        out[i] = _mm_cvtss_f32(h);
+    }
+}
+
+#define ROW_DOT_CASE(N) \
+    case N: row_dot_body(blocks, scales, groups, x, out, N); return;
+
+static void row_dot(const uint8_t *blocks, const uint8_t *scales, long groups, const split_t *const *x, int n,
+                    long term_stride, int terms, float *out) {
+    (void)term_stride, (void)terms; /* fp32 split vectors: one term */
+    switch (n) { /* 1 .. TOKEN_TILE */
+        ROW_DOT_CASE(1) ROW_DOT_CASE(2) ROW_DOT_CASE(3) ROW_DOT_CASE(4)
+        ROW_DOT_CASE(5) ROW_DOT_CASE(6) ROW_DOT_CASE(7) ROW_DOT_CASE(8)
+    }
+}
 #else
 static const float FP4_VALUES[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
                                      -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
 
-/* The portable loop: the same split inputs (the sum of a value's terms), block by block. */
-static void row_dot(const uint8_t *blocks, const uint8_t *scales, long groups, const uint16_t *const *x, int n,
+/* The portable loop: the same fp32 split inputs, block by block. */
+static void row_dot(const uint8_t *blocks, const uint8_t *scales, long groups, const split_t *const *x, int n,
                     long term_stride, int terms, float *out) {
+    (void)term_stride, (void)terms;
     for (int i = 0; i < n; i++) {
         float acc = 0.0f;
         for (long g = 0; g < groups; g++) {
             float block_sum = 0.0f;
             for (long c = 0; c < BLOCK; c++) {
                 uint8_t byte = blocks[g * BLOCK_BYTES + c / 2];
-                float w = FP4_VALUES[c & 1 ? byte >> 4 : byte & 15];
-                long pos = split_position(g * BLOCK + c);
-                float v = 0.0f;
-                for (int t = 0; t < terms; t++) v += float_from_bf16(x[i][t * term_stride + pos]);
-                block_sum += w * v;
+                block_sum += FP4_VALUES[c & 1 ? byte >> 4 : byte & 15] * x[i][split_position(g * BLOCK + c)];
             }
             acc += block_sum * ldexpf(1.0f, (int)scales[g] - 127);
         }
@@ -198,7 +299,7 @@ static void row_dot(const uint8_t *blocks, const uint8_t *scales, long groups, c
 
 /* The bytes of scratch memory mxfp4_linear needs. */
 long mxfp4_linear_scratch(long m, long in_features, int terms) {
-    return m * split_length(in_features, terms) * (long)sizeof(uint16_t);
+    return m * split_length(in_features, terms) * (long)sizeof(split_t);
 }
 
 /* y (m, out_features) = x (m, in_features) @ W.T + bias, W (out_features, in_features) in MXFP4:
@@ -207,7 +308,7 @@ long mxfp4_linear_scratch(long m, long in_features, int terms) {
 void mxfp4_linear(const float *x, long m, long in_features, const uint8_t *blocks, const uint8_t *scales,
                   long out_features, const float *bias, float *y, int terms, void *scratch, int threads) {
     long groups = in_features / BLOCK, stride = split_length(in_features, terms);
-    uint16_t *split = (uint16_t *)scratch;
+    split_t *split = (split_t *)scratch;
     long items = (out_features + ROW_ITEM - 1) / ROW_ITEM;
 #pragma omp parallel num_threads(threads)
     {
@@ -218,11 +319,11 @@ void mxfp4_linear(const float *x, long m, long in_features, const uint8_t *block
             long end = (item + 1) * ROW_ITEM < out_features ? (item + 1) * ROW_ITEM : out_features;
             for (long r0 = 0; r0 < m; r0 += TOKEN_TILE) {
                 int n = m - r0 < TOKEN_TILE ? (int)(m - r0) : TOKEN_TILE;
-                const uint16_t *xs[TOKEN_TILE];
+                const split_t *xs[TOKEN_TILE];
                 for (int i = 0; i < n; i++) xs[i] = split + (r0 + i) * stride;
                 for (long o = item * ROW_ITEM; o < end; o++) {
                     float dots[TOKEN_TILE];
-                    row_dot(blocks + o * groups * BLOCK_BYTES, scales + o * groups, groups, xs, n, stride / terms, terms, dots);
+                    row_dot(blocks + o * groups * BLOCK_BYTES, scales + o * groups, groups, xs, n, term_length(in_features), terms, dots);
                     for (int i = 0; i < n; i++) y[(r0 + i) * out_features + o] = dots[i] + (bias ? bias[o] : 0.0f);
                 }
             }
@@ -241,8 +342,8 @@ static ExpertsScratch experts_scratch(long n, long d_model, long d_ff, long expe
     s.order = 0;                                                        /* a longs: assignments by expert */
     s.starts = s.order + a * 8;                                         /* experts + 1 longs */
     s.x_split = s.starts + (experts + 1) * 8;                           /* n split tokens */
-    s.h_split = s.x_split + n * split_length(d_model, terms) * 2;       /* a split hidden vectors */
-    s.y = s.h_split + a * split_length(d_ff, terms) * 2;                /* a x d_model fp32 */
+    s.h_split = s.x_split + n * split_length(d_model, terms) * (long)sizeof(split_t); /* a split hidden vectors */
+    s.y = s.h_split + a * split_length(d_ff, terms) * (long)sizeof(split_t); /* a x d_model fp32 */
     s.y = (s.y + 63) / 64 * 64;
     s.total = s.y + a * d_model * 4;
     return s;
@@ -270,7 +371,7 @@ int mxfp4_experts(const void *x, int x_bf16, long n, long d_model, long d_ff, lo
     ExpertsScratch s = experts_scratch(n, d_model, d_ff, num_experts, k, terms);
     char *base = (char *)(((uintptr_t)scratch + 63) / 64 * 64);
     long *order = (long *)(base + s.order), *starts = (long *)(base + s.starts);
-    uint16_t *x_split = (uint16_t *)(base + s.x_split), *h_split = (uint16_t *)(base + s.h_split);
+    split_t *x_split = (split_t *)(base + s.x_split), *h_split = (split_t *)(base + s.h_split);
     float *y = (float *)(base + s.y);
     long assignments = n * k, x_stride = split_length(d_model, terms), h_stride = split_length(d_ff, terms);
 
@@ -292,7 +393,7 @@ int mxfp4_experts(const void *x, int x_bf16, long n, long d_model, long d_ff, lo
     }
 
     /* hidden values are written one by one: the padding of an odd number of blocks must be zero */
-    if ((d_ff / BLOCK) % 2) memset(h_split, 0, (size_t)(assignments * h_stride) * sizeof(uint16_t));
+    if ((d_ff / BLOCK) % 2) memset(h_split, 0, (size_t)(assignments * h_stride) * sizeof(split_t));
 
     long gu_groups = d_model / BLOCK, dn_groups = d_ff / BLOCK;
     long gu_items_per_expert = (d_ff + ROW_ITEM / 2 - 1) / (ROW_ITEM / 2); /* ROW_ITEM rows = ROW_ITEM/2 hidden units */
@@ -320,19 +421,19 @@ int mxfp4_experts(const void *x, int x_bf16, long n, long d_model, long d_ff, lo
             const uint8_t *es = gu_scales + e * 2 * d_ff * gu_groups;
             for (long i0 = starts[e]; i0 < starts[e + 1]; i0 += TOKEN_TILE) {
                 int cnt = starts[e + 1] - i0 < TOKEN_TILE ? (int)(starts[e + 1] - i0) : TOKEN_TILE;
-                const uint16_t *xs[TOKEN_TILE];
+                const split_t *xs[TOKEN_TILE];
                 for (int i = 0; i < cnt; i++) xs[i] = x_split + (order[i0 + i] / k) * x_stride;
                 for (long u = unit0; u < unit1; u++) {
                     float gate[TOKEN_TILE], linear[TOKEN_TILE];
-                    row_dot(eb + 2 * u * gu_groups * BLOCK_BYTES, es + 2 * u * gu_groups, gu_groups, xs, cnt, x_stride / terms, terms, gate);
-                    row_dot(eb + (2 * u + 1) * gu_groups * BLOCK_BYTES, es + (2 * u + 1) * gu_groups, gu_groups, xs, cnt, x_stride / terms, terms, linear);
+                    row_dot(eb + 2 * u * gu_groups * BLOCK_BYTES, es + 2 * u * gu_groups, gu_groups, xs, cnt, term_length(d_model), terms, gate);
+                    row_dot(eb + (2 * u + 1) * gu_groups * BLOCK_BYTES, es + (2 * u + 1) * gu_groups, gu_groups, xs, cnt, term_length(d_model), terms, linear);
                     float gate_bias = load_value(gu_bias, e * 2 * d_ff + 2 * u, x_bf16);
                     float linear_bias = load_value(gu_bias, e * 2 * d_ff + 2 * u + 1, x_bf16);
                     for (int i = 0; i < cnt; i++) {
                         float g = fminf(gate[i] + gate_bias, limit);
                         float l = fmaxf(fminf(linear[i] + linear_bias, limit), -limit);
                         float h = g / (1.0f + expf(-alpha * g)) * (l + 1.0f);
-                        split_value(h_split + order[i0 + i] * h_stride, h_stride / terms, terms, u, h);
+                        split_value(h_split + order[i0 + i] * h_stride, term_length(d_ff), terms, u, h);
                     }
                 }
             }
@@ -348,11 +449,11 @@ int mxfp4_experts(const void *x, int x_bf16, long n, long d_model, long d_ff, lo
             const uint8_t *es = dn_scales + e * d_model * dn_groups;
             for (long i0 = starts[e]; i0 < starts[e + 1]; i0 += TOKEN_TILE) {
                 int cnt = starts[e + 1] - i0 < TOKEN_TILE ? (int)(starts[e + 1] - i0) : TOKEN_TILE;
-                const uint16_t *hs[TOKEN_TILE];
+                const split_t *hs[TOKEN_TILE];
                 for (int i = 0; i < cnt; i++) hs[i] = h_split + order[i0 + i] * h_stride;
                 for (long r = row0; r < row1; r++) {
                     float dots[TOKEN_TILE];
-                    row_dot(eb + r * dn_groups * BLOCK_BYTES, es + r * dn_groups, dn_groups, hs, cnt, h_stride / terms, terms, dots);
+                    row_dot(eb + r * dn_groups * BLOCK_BYTES, es + r * dn_groups, dn_groups, hs, cnt, term_length(d_ff), terms, dots);
                     float bias = load_value(dn_bias, e * d_model + r, x_bf16);
                     for (int i = 0; i < cnt; i++) y[order[i0 + i] * d_model + r] = top_weights[order[i0 + i]] * (dots[i] + bias);
                 }

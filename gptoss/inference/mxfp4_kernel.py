@@ -40,7 +40,7 @@ SIGNATURES = {  # name: (restype, argtypes), as mxfp4_kernel.c declares them
 def library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     """The kernel, loaded (and built first if this machine has no build yet: gptoss.util.c_build);
     None when C kernels are turned off (GPTOSS_CPU_KERNEL=0) or it cannot be built here, after a
-    warning. extra_flags: more compiler flags (the tests build the portable loop with -mno-avx512bf16)."""
+    warning. extra_flags: more compiler flags (the tests build the other paths with -mno-avx512f, -mno-avx2)."""
     fallback = "MXFP4 experts are decoded to bf16 in PyTorch, not computed by the much faster C kernel"
     return build_library(SOURCE, [*FLAGS, *extra_flags], _declare, fallback)
 
@@ -54,9 +54,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, name).restype, getattr(lib, name).argtypes = restype, argtypes
 
 
-def vectorised(lib: ctypes.CDLL) -> bool:
-    """Whether this build uses AVX512_BF16 (else it runs the portable scalar loop)."""
-    return bool(ctypes.c_long.in_dll(lib, "mxfp4_vectorised").value)
+def instructions(lib: ctypes.CDLL) -> str:
+    """Which path this build runs: "avx512_bf16", "avx2" (AVX2 and FMA) or "portable" (a scalar loop)."""
+    return (ctypes.c_char * 16).in_dll(lib, "mxfp4_instructions").value.decode()  # a char array, not a pointer
 
 
 def _checked_library(lib: ctypes.CDLL | None) -> ctypes.CDLL:

@@ -1,7 +1,7 @@
 """The MXFP4 kernel (gptoss/inference/mxfp4_kernel.c): its products equal dequantise-then-matmul
 in fp32, its MoE layer equals the PyTorch path's, and a model whose experts it computes gives the
-current path's logits and greedy tokens. Both builds: AVX512_BF16 where this CPU has it, and the
-portable loop (-mno-avx512bf16)."""
+current path's logits and greedy tokens. Every build this CPU can run: AVX512_BF16, AVX2 (with
+-mno-avx512f) and the portable loop (-mno-avx2)."""
 
 import copy
 import platform
@@ -20,8 +20,9 @@ from gptoss.util.c_build import compiler
 from test_cpu_kernel import run_on_threads
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="no C compiler: MXFP4 experts decode in PyTorch")
-BUILDS = {"native": (), "portable": ("-mno-avx512bf16",)}  # the second is the scalar loop on any x86 CPU
-PORTABLE_FLAG_WORKS = platform.machine().lower() in ("x86_64", "amd64")  # an x86 compiler's flag
+BUILDS = {"native": (), "avx2": ("-mno-avx512f",), "portable": ("-mno-avx2",)}  # the last: the scalar loop on any x86 CPU
+X86 = platform.machine().lower() in ("x86_64", "amd64")  # the flags are an x86 compiler's
+CPU_FLAGS = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
 
 
 @pytest.fixture(autouse=True)
@@ -34,19 +35,23 @@ def kernel_on(monkeypatch):
 
 
 def build(name: str):
-    if name == "portable" and not PORTABLE_FLAG_WORKS:
-        pytest.skip("the portable build is made with an x86 flag")
+    if name != "native" and not X86:
+        pytest.skip(f"the {name} build is made with an x86 flag")
+    if name == "avx2" and not {"avx2", "fma"} <= CPU_FLAGS:
+        pytest.skip("this CPU has no AVX2 and FMA")
     lib = mxfp4_kernel.library(BUILDS[name])
     assert lib is not None  # not a skip: with a C compiler on the machine, a failed build is a bug
     return lib
 
 
-def test_builds_vectorised_where_the_cpu_has_bf16_dot_products():
-    lib = build("native")
-    cpuinfo = Path("/proc/cpuinfo")
-    has_bf16 = cpuinfo.exists() and " avx512_bf16" in cpuinfo.read_text()
-    assert mxfp4_kernel.vectorised(lib) == has_bf16
-    assert not mxfp4_kernel.vectorised(build("portable"))
+def test_native_build_takes_the_best_path_this_cpu_has():
+    if not CPU_FLAGS:
+        pytest.skip("no /proc/cpuinfo to say what this CPU has")
+    expected = "avx512_bf16" if "avx512_bf16" in CPU_FLAGS else "avx2" if {"avx2", "fma"} <= CPU_FLAGS else "portable"
+    assert mxfp4_kernel.instructions(build("native")) == expected
+    assert mxfp4_kernel.instructions(build("portable")) == "portable"
+    if {"avx2", "fma"} <= CPU_FLAGS:
+        assert mxfp4_kernel.instructions(build("avx2")) == "avx2"
 
 
 def random_packed(shape, generator, scales=(118, 124)):
