@@ -23,7 +23,7 @@ from gptoss.config import GPTConfig
 from gptoss.inference import mxfp4_kernel
 from machine import best_seconds, cpu_flags, describe, read_bandwidth
 
-BUILDS = {"native": (), "avx2": ("-mno-avx512f",), "portable": ("-mno-avx2",)}
+BUILDS = mxfp4_kernel.BUILD_FLAGS
 
 
 def random_layer(generator: torch.Generator) -> PackedExperts:

@@ -25,6 +25,9 @@ from gptoss.util.c_build import FLAGS, build_library
 
 SOURCE = Path(__file__).with_name("mxfp4_kernel.c")
 LAYOUT_VERSION = 1  # mxfp4_kernel.c's mxfp4_layout_version (checked when it is loaded)
+# the kernel's paths, by the compiler flags that choose them on an x86 CPU (-march=native takes the
+# best the CPU has; the others are for the tests and bench/bench_mxfp4.py)
+BUILD_FLAGS = {"native": (), "avx2": ("-mno-avx512f",), "portable": ("-mno-avx2",)}
 EXACT_TERMS = 3  # bf16 terms an fp32 input is split into: all its 24 bits (see mxfp4_kernel.c)
 _p, _long, _int, _float = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 SIGNATURES = {  # name: (restype, argtypes), as mxfp4_kernel.c declares them

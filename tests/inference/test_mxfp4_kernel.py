@@ -20,7 +20,7 @@ from gptoss.util.c_build import compiler
 from test_cpu_kernel import run_on_threads
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="no C compiler: MXFP4 experts decode in PyTorch")
-BUILDS = {"native": (), "avx2": ("-mno-avx512f",), "portable": ("-mno-avx2",)}  # the last: the scalar loop on any x86 CPU
+BUILDS = mxfp4_kernel.BUILD_FLAGS
 X86 = platform.machine().lower() in ("x86_64", "amd64")  # the flags are an x86 compiler's
 CPU_FLAGS = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
 
