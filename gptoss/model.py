@@ -181,14 +181,11 @@ class Attention(nn.Module):
     def queries_keys_values(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, T, d_model) -> q (B, H, T, hs), k and v (B, Hkv, T, hs); q and k rotated by `rope`."""
         B, T, _ = x.shape
-        q, k, v = self.c_attn(x).split(
-            [self.num_heads * self.head_size, self.kv_heads * self.head_size, self.kv_heads * self.head_size], dim=-1
-        )
-        q = q.view(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, H, T, hs)
-        k = k.view(B, T, self.kv_heads, self.head_size).transpose(1, 2)  # (B, Hkv, T, hs)
-        v = v.view(B, T, self.kv_heads, self.head_size).transpose(1, 2)  # (B, Hkv, T, hs)
-        if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        heads = self.c_attn(x).view(B, T, self.num_heads + 2 * self.kv_heads, self.head_size).transpose(1, 2)
+        qk, v = heads.split([self.num_heads + self.kv_heads, self.kv_heads], dim=1)  # (B, H + Hkv, T, hs), (B, Hkv, T, hs)
+        if rope is not None:  # the query and key heads side by side: one rotation for both
+            qk = apply_rotary(qk, *rope)
+        q, k = qk.split([self.num_heads, self.kv_heads], dim=1)  # (B, H, T, hs), (B, Hkv, T, hs)
         return q, k, v
 
     def attention_weights(self, q, k, mask) -> torch.Tensor:

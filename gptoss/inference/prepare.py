@@ -96,8 +96,8 @@ def onednn_packs(dtype: torch.dtype) -> bool:
     return True
 
 
-# Weights smaller than this (elements) stay plain nn.Linear: reading them takes less time than the
-# kernels' extra call overhead (docs/inference.md).
+# fp32 weights smaller than this (elements) stay plain nn.Linear: reading them takes less time than
+# the kernels' extra call overhead (docs/inference.md); and only larger ones are quantised to int8.
 MIN_PACKED_WEIGHT = 2**18
 # bf16 inputs of at least this many rows (a prompt) go to F.linear, faster there (docs/inference.md)
 PROMPT_ROWS = 64
@@ -106,14 +106,14 @@ PROMPT_ROWS = 64
 @torch.no_grad()
 def prepare_for_inference(model: nn.Module, dtype: torch.dtype | None = None, weights: str = "auto") -> nn.Module:
     """Make `model` fast at generating on a CPU, in place, and return it: eval mode, optionally
-    cast to `dtype`, every fp32/bf16 CPU nn.Linear of at least MIN_PACKED_WEIGHT weights turned
-    into an InferenceLinear, and MXFP4-packed experts (gpt-oss-20b's, as loaded) into KernelExperts,
+    cast to `dtype`, every bf16 CPU nn.Linear and every fp32 one of at least MIN_PACKED_WEIGHT
+    weights turned into an InferenceLinear, and MXFP4-packed experts (gpt-oss-20b's, as loaded) into KernelExperts,
     computed from the packed bytes where they lie (gptoss.inference.mxfp4_kernel). Only forwards
     differ, so names, checkpoints and tied weights are untouched.
 
     weights: "auto" keeps the model's dtype; "fp32" / "bf16" cast the model to it (bf16 halves the
     bytes read per token; the same as dtype=, which may be given too if it agrees); "int8"
-    quantises those linear layers' weights per output row (a quarter of fp32's bytes; the rest of
+    quantises the linear layers of at least MIN_PACKED_WEIGHT weights per output row (a quarter of fp32's bytes; the rest of
     the model, and the activations, keep their dtype)."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights={weights!r}: choose one of {', '.join(WEIGHTS)}")
@@ -128,10 +128,13 @@ def prepare_for_inference(model: nn.Module, dtype: torch.dtype | None = None, we
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
         return model
     for module in model.modules():
-        if type(module) is nn.Linear and module.weight.numel() >= MIN_PACKED_WEIGHT:
-            weight = module.weight
-            if weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16):
-                module.__class__ = InferenceLinear
-                module.quantized = weights == "int8"
-                module.pack()
+        if type(module) is not nn.Linear or module.weight.device.type != "cpu":
+            continue
+        large = module.weight.numel() >= MIN_PACKED_WEIGHT
+        # in bf16 every size: PyTorch's product of even a small bf16 matrix (a router's) is slower
+        # than the kernel's call; small ones are not quantised (a router's choices are sensitive)
+        if module.weight.dtype == torch.bfloat16 or (module.weight.dtype == torch.float32 and large):
+            module.__class__ = InferenceLinear
+            module.quantized = weights == "int8" and large
+            module.pack()
     return model
