@@ -166,17 +166,21 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, plan)  # (B, Hkv, S, hs)
 
-        dropout = self.dropout if self.training else 0.0
-        if mask is CAUSAL:  # the common training case: the fused kernel builds the causal mask itself
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=True)
-        elif self.sinks is None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=True)
-        elif T == 1:  # decoding one token: too little work for the fused kernel's fixed cost (docs/training.md)
-            y = self.attend_explicitly(q, k, v, mask, dropout)
-        else:
-            y = self.attend_with_sinks(q, k, v, mask, dropout)
+        y = self.attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, H, T, hs)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_size)
         return self.resid_dropout(self.c_proj(y))
+
+    def attend(self, q, k, v, mask, dropout: float) -> torch.Tensor:
+        """Softmax attention by the fastest exact way for the case: q (B, H, T, hs), k/v (B, Hkv, S,
+        hs), mask as in forward -> (B, H, T, hs). (A faster implementation can replace it:
+        gptoss.inference's kernel for decoding steps, installed by prepare_for_inference.)"""
+        if mask is CAUSAL:  # the common training case: the fused kernel builds the causal mask itself
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=True)
+        if self.sinks is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=True)
+        if q.shape[2] == 1:  # decoding one token: too little work for the fused kernel's fixed cost (docs/training.md)
+            return self.attend_explicitly(q, k, v, mask, dropout)
+        return self.attend_with_sinks(q, k, v, mask, dropout)
 
     def queries_keys_values(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, T, d_model) -> q (B, H, T, hs), k and v (B, Hkv, T, hs); q and k rotated by `rope`."""

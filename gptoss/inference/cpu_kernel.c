@@ -18,6 +18,8 @@
  * PyTorch holds them: each thread's share of the output features is one contiguous run of rows, so
  * one stream, and each output is a dot product along its row (no copy of the weight is made).
  *
+ * attend_one_query (at the end) is a decoding step's attention over the KV cache, one call per layer.
+ *
  * Built by gptoss/inference/cpu_kernel.py with the system's C compiler (-O3 -march=native -fopenmp): the
  * `omp simd` loops become vector instructions (with GCC on an AVX-512 CPU, 512-bit ones, which
  * it would otherwise avoid), and OpenMP splits the tiles between as many threads as PyTorch uses.
@@ -27,6 +29,7 @@
 #pragma GCC target("prefer-vector-width=512")
 #endif
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -310,4 +313,75 @@ void linear_int8(const float *x, long m, const int8_t *w, const float *scale, co
                  long out_features, long in_features, int threads) {
     ROW_MAJOR_LINEAR(dot_int8, x, m, w, in_features, out_features, threads,
                      y[(i + b) * out_features + j + a] = scale[j + a] * out[a][b] + (bias ? bias[j + a] : 0.0f));
+}
+
+/* Attention of one query per sequence (a decoding step) over the keys and values so far, with
+ * grouped-query heads and optional sinks, in fp32:
+ *   q (B, H, hs), contiguous; k and v (B, Hkv, S, hs) at the strides given in elements (the last
+ *   dimension contiguous): a KV cache read where it lies, query head h using k/v head
+ *   h / (H / Hkv), so no head is repeated; visible (B, S) bytes (0: masked) or NULL (every key);
+ *   sinks (H) fp32 or NULL: a logit per head that joins the softmax's denominator but has no value;
+ *   y (B, H, hs) = sum_s p_s v_s, p = softmax over the visible s (and the sink) of scale * q.k_s.
+ * One pass over the keys with a running maximum and sum (the "online" softmax: when the maximum
+ * grows, what has been summed is rescaled), so scores are never stored; each (b, h) is a unit of
+ * work for the threads. bf16: q, k, v and y are bf16 (raw uint16), else fp32. A query that sees no
+ * key and has no sink gets zeros. */
+void attend_one_query(const void *q, const void *k, const void *v, long batch_stride, long head_stride, long row_stride,
+                      const uint8_t *visible, const float *sinks, void *y, long B, long H, long Hkv, long S, long hs,
+                      float scale, int bf16, int threads) {
+    long group = H / Hkv;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long bh = 0; bh < B * H; bh++) {
+        long b = bh / H, h = bh % H;
+        long base = b * batch_stride + (h / group) * head_stride;
+        float query[hs], acc[hs];
+        for (long d = 0; d < hs; d++) {
+            query[d] = scale * (bf16 ? bf16_to_f32(((const uint16_t *)q)[bh * hs + d]) : ((const float *)q)[bh * hs + d]);
+            acc[d] = 0.0f;
+        }
+        float running_max = -INFINITY, running_sum = 0.0f;
+        for (long s = 0; s < S; s++) {
+            if (visible && !visible[b * S + s]) continue;
+            long at = base + s * row_stride;
+            float score = 0.0f;
+            if (bf16) {
+                const uint16_t *key = (const uint16_t *)k + at;
+#pragma omp simd reduction(+ : score)
+                for (long d = 0; d < hs; d++) score += query[d] * bf16_to_f32(key[d]);
+            } else {
+                const float *key = (const float *)k + at;
+#pragma omp simd reduction(+ : score)
+                for (long d = 0; d < hs; d++) score += query[d] * key[d];
+            }
+            if (score > running_max) { /* rescale what has been summed to the new maximum */
+                float shrink = expf(running_max - score);
+                running_sum *= shrink;
+                for (long d = 0; d < hs; d++) acc[d] *= shrink;
+                running_max = score;
+            }
+            float p = expf(score - running_max);
+            running_sum += p;
+            if (bf16) {
+                const uint16_t *value = (const uint16_t *)v + at;
+#pragma omp simd
+                for (long d = 0; d < hs; d++) acc[d] += p * bf16_to_f32(value[d]);
+            } else {
+                const float *value = (const float *)v + at;
+#pragma omp simd
+                for (long d = 0; d < hs; d++) acc[d] += p * value[d];
+            }
+        }
+        if (sinks) { /* the sink's term, at a maximum that covers it too */
+            float top = sinks[h] > running_max ? sinks[h] : running_max;
+            float shrink = expf(running_max - top);
+            running_sum = running_sum * shrink + expf(sinks[h] - top);
+            for (long d = 0; d < hs; d++) acc[d] *= shrink;
+        }
+        float inverse = running_sum > 0.0f ? 1.0f / running_sum : 0.0f;
+        for (long d = 0; d < hs; d++) {
+            float out = acc[d] * inverse;
+            if (bf16) ((uint16_t *)y)[bh * hs + d] = f32_to_bf16(out);
+            else ((float *)y)[bh * hs + d] = out;
+        }
+    }
 }

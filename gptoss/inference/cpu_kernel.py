@@ -46,6 +46,9 @@ def _declare(lib: ctypes.CDLL) -> None:
                                 ctypes.c_long, ctypes.c_long, ctypes.c_int]  # as linear_f32's, w row-major bf16
     lib.linear_int8.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                 ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_int]  # x, m, w, scale, bias, y, ...
+    lib.attend_one_query.restype = None
+    lib.attend_one_query.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 3 + \
+        [ctypes.c_long] * 5 + [ctypes.c_float, ctypes.c_int, ctypes.c_int]  # fmt: skip
     lib.linear_f32.argtypes = [
         ctypes.c_void_p,  # x (m, in_features)
         ctypes.c_long,  # m
@@ -207,3 +210,36 @@ def linear(x: torch.Tensor, tiles: torch.Tensor, bias: torch.Tensor | None, out_
         out.data_ptr(), out_features, in_features, torch.get_num_threads(),
     )  # fmt: skip
     return out
+
+
+def attend_one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                     sinks: torch.Tensor | None, scale: float) -> torch.Tensor:  # fmt: skip
+    """A decoding step's softmax attention, in fp32, one call (cpu_kernel.c's attend_one_query):
+    q (B, H, 1, hs), k and v (B, Hkv, S, hs) with the same strides and a contiguous last dimension
+    (a KV cache's view, read where it lies; query head h uses k/v head h // (H // Hkv)); mask
+    (B, 1, 1, S) bool (True: visible) or None; sinks (H,) or None: a logit per head in the
+    softmax's denominator, with no value. fp32 or bf16, all alike -> (B, H, 1, hs)."""
+    B, H, T, hs = q.shape
+    _, Hkv, S, _ = k.shape
+    if T != 1 or k.shape != v.shape or k.shape[0] != B or k.shape[3] != hs or H % Hkv:
+        raise ValueError(f"attend_one_query takes q (B, H, 1, hs) and k, v (B, Hkv, S, hs), got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")  # fmt: skip
+    if q.dtype not in (torch.float32, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"attend_one_query takes fp32 or bf16 q, k, v alike, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.stride() != v.stride() or k.stride(3) != 1 or not (q.is_cpu and k.is_cpu and v.is_cpu):
+        raise ValueError("attend_one_query reads k and v where they lie: CPU tensors of equal strides, last dimension contiguous")
+    if mask is not None:
+        if mask.shape != (B, 1, 1, S) or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be (B, 1, 1, S) = {(B, 1, 1, S)} bool, got {tuple(mask.shape)} {mask.dtype}")
+        mask = mask.reshape(B, S).contiguous().view(torch.uint8)
+    if sinks is not None:
+        sinks = sinks.detach().float().contiguous()
+    lib = _checked_library()
+    q = q.contiguous()
+    y = torch.empty_like(q)
+    lib.attend_one_query(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), k.stride(2),
+        None if mask is None else mask.data_ptr(), None if sinks is None else sinks.data_ptr(), y.data_ptr(),
+        B, H, Hkv, S, hs, scale, q.dtype == torch.bfloat16, torch.get_num_threads(),
+    )  # fmt: skip
+    return y

@@ -5,12 +5,14 @@ packed bytes (`prepare_for_inference`)."""
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from gptoss.inference import cpu_kernel, mxfp4_kernel
+from gptoss.model import CAUSAL, Attention
 
 # the weight formats prepare_for_inference offers: "auto" keeps the model's dtype
 WEIGHTS = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "int8": None}
@@ -85,6 +87,21 @@ class InferenceLinear(nn.Linear):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
 
 
+class InferenceAttention(Attention):
+    """Attention whose decoding steps (one query per sequence, autograd off, CPU, fp32 or bf16) run
+    cpu_kernel.attend_one_query: one C call per layer instead of a dozen PyTorch operators, the KV
+    cache read where it lies, no k/v head repeated, the sinks in the softmax. Same parameters, same
+    results to float rounding (its sums are fp32); everything else is plain Attention."""
+
+    def attend(self, q, k, v, mask, dropout: float) -> torch.Tensor:
+        dtype = q.dtype
+        if (q.shape[2] != 1 or mask is CAUSAL or torch.is_grad_enabled() or not q.is_cpu
+                or dtype not in (torch.float32, torch.bfloat16) or k.dtype != dtype or v.dtype != dtype
+                or k.stride() != v.stride() or k.stride(3) != 1):  # fmt: skip
+            return super().attend(q, k, v, mask, dropout)
+        return cpu_kernel.attend_one_query(q, k, v, mask, self.sinks, 1 / math.sqrt(q.shape[-1]))
+
+
 @functools.cache
 def onednn_packs(dtype: torch.dtype) -> bool:
     """Whether oneDNN can pack a linear weight of `dtype` on this CPU (its bf16 path needs AVX-512
@@ -107,7 +124,8 @@ PROMPT_ROWS = 64
 def prepare_for_inference(model: nn.Module, dtype: torch.dtype | None = None, weights: str = "auto") -> nn.Module:
     """Make `model` fast at generating on a CPU, in place, and return it: eval mode, optionally
     cast to `dtype`, every bf16 CPU nn.Linear and every fp32 one of at least MIN_PACKED_WEIGHT
-    weights turned into an InferenceLinear, and MXFP4-packed experts (gpt-oss-20b's, as loaded) into KernelExperts,
+    weights turned into an InferenceLinear, attention layers into InferenceAttention (decoding
+    steps in one C call per layer), and MXFP4-packed experts (gpt-oss-20b's, as loaded) into KernelExperts,
     computed from the packed bytes where they lie (gptoss.inference.mxfp4_kernel). Only forwards
     differ, so names, checkpoints and tied weights are untouched.
 
@@ -125,6 +143,10 @@ def prepare_for_inference(model: nn.Module, dtype: torch.dtype | None = None, we
     if dtype is not None:
         model.to(dtype)
     mxfp4_kernel.use_kernel_experts(model)
+    if cpu_kernel.library() is not None:
+        for module in model.modules():
+            if type(module) is Attention:
+                module.__class__ = InferenceAttention
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
         return model
     for module in model.modules():
