@@ -6,30 +6,30 @@
  * bf16 values in registers:
  *
  *   - a block of 32 values is 16 bytes of E2M1 codes (low nibble first) and one E8M0 scale byte;
- *   - two blocks (32 bytes) are widened to 32 16-bit lanes, one byte each; a 16-entry table lookup
- *     (vpermw, _mm512_permutexvar_epi16, on the low 5 bits: the table is stored twice so that the
- *     high nibble's low bit does not matter) gives the 32 values of the low nibbles (the even
- *     columns), and the same lookup of the lanes shifted right by 4 the odd columns;
+ *   - four blocks (64 bytes) are loaded at once; their low nibbles (the even columns) and high
+ *     nibbles (the odd ones) are looked up in two 16-entry byte tables, the high and the low byte
+ *     of each value's bf16 pattern (vpshufb, _mm512_shuffle_epi8), and the bytes interleaved into
+ *     bf16 values: 128 weights in 4 vectors, with instructions that stay within 128-bit lanes;
  *   - vdpbf16ps (_mm512_dpbf16_ps) multiplies them, in pairs, by the matching input values and
- *     sums in fp32: lanes 0-7 of the result hold the first block, lanes 8-15 the second, so one
- *     multiply-add per pair of blocks applies the scales 2^(s-127) (made from the scale bytes by a
+ *     sums in fp32: each 128-bit lane of the result holds one block's partial sums, so one
+ *     multiply-add per 4 blocks applies the scales 2^(s-127) (made from the scale bytes by a
  *     shift into the fp32 exponent) and accumulates.
  *
- * The inputs are laid out once per call to match ("split" vectors, split_vector below): per pair
- * of blocks, the 32 even-column values, then the 32 odd-column ones, in bf16. An fp32 input is
- * split into `terms` bf16 vectors x = hi + mid + lo (terms=3 keeps all 24 bits): the weights being
+ * The inputs are laid out once per call to match ("split" vectors, split_vector below): per 4
+ * blocks, their values in the order in which the weights are decoded (split_position), in bf16.
+ * An fp32 input is split into `terms` bf16 vectors x = hi + mid + lo (terms=3 keeps all 24 bits): the weights being
  * exact in bf16, the products are exact and the result is as accurate as an fp32 product (the
  * tests check 1e-5 against dequantise-then-matmul in fp32); terms=1 is bf16 input.
  *
  * mxfp4_experts is a whole MoE layer after its router: the tokens are grouped by expert (a counting
  * sort), each expert's rows are read once for all its tokens (up to TOKEN_TILE at a time share
- * each decoded pair of blocks), and gate_up's interleaved rows (gate = even, linear = odd) give
+ * each decoded unit of blocks), and gate_up's interleaved rows (gate = even, linear = odd) give
  * one hidden unit per pair of rows, so the bias, clamps and SwiGLU are applied as the pair is
  * computed; then the down projection, the routing weights, and each token's sum over its k
  * experts. Work is split over output rows between OpenMP threads (as many as PyTorch uses).
  *
  * With AVX2 and FMA but no AVX512_BF16 (e.g. AMD Zen 2/3), the split vectors are fp32 (one value
- * per column, the input rounded to `terms` bf16 terms, in the same order) and a pair of blocks is
+ * per column, the input rounded to `terms` bf16 terms, ordered by pairs of blocks) and a pair is
  * decoded with vpshufb (_mm256_shuffle_epi8) from a table of twice the E2M1 values (small integers,
  * exact in int8), widened to fp32 and multiplied with FMA, block by block, each block's sum then
  * scaled by half its scale. Without either (other CPUs, other compilers) the same functions run a
@@ -55,8 +55,13 @@ typedef float split_t; /* fp32 split vectors, scalar loop */
 
 #define BLOCK 32       /* values per MXFP4 block, sharing one scale */
 #define BLOCK_BYTES 16 /* two 4-bit codes per byte */
-#define PAIR 64        /* values per pair of blocks: the unit of the inner loop and of split vectors */
-#define TOKEN_TILE 8   /* vectors multiplied per decode of a row's pair of blocks */
+#ifdef MX_BF16_DOT
+#define UNIT_BLOCKS 4  /* blocks per step of the inner loop, and per unit of a split vector: 64 code bytes */
+#else
+#define UNIT_BLOCKS 2  /* a pair of blocks: 32 code bytes */
+#endif
+#define UNIT (UNIT_BLOCKS * BLOCK) /* values per unit */
+#define TOKEN_TILE 8   /* vectors multiplied per decode of a row's unit of blocks */
 #define ROW_ITEM 16    /* weight rows per unit of work handed to a thread */
 
 const long mxfp4_layout_version = 1; /* checked by mxfp4_kernel.py */
@@ -93,22 +98,30 @@ static inline void store_value(void *p, long i, int bf16, float v) {
     else ((float *)p)[i] = v;
 }
 
-static inline long pairs_of(long in_features) { return (in_features / BLOCK + 1) / 2; }
+static inline long units_of(long in_features) { return (in_features / BLOCK + UNIT_BLOCKS - 1) / UNIT_BLOCKS; }
 
 /* split_t values in one term of a split vector of `in_features`, and in all its terms (fp32 split
  * vectors have one: the sum of the bf16 terms, exact in fp32) */
-static inline long term_length(long in_features) { return pairs_of(in_features) * PAIR; }
+static inline long term_length(long in_features) { return units_of(in_features) * UNIT; }
 #ifdef MX_BF16_DOT
 static inline long split_length(long in_features, int terms) { return terms * term_length(in_features); }
 #else
 static inline long split_length(long in_features, int terms) { (void)terms; return term_length(in_features); }
 #endif
 
-/* Where input value c goes in its term of a split vector: pair c/64, then the even columns of both
- * blocks (first block's 16, second's 16), then the odd ones. */
+/* Where input value c goes in its term of a split vector: in the order in which row_dot_body
+ * decodes the weights of its unit (c / UNIT). AVX512_BF16, a unit of 4 blocks: 4 vectors of 32, the
+ * even columns 0-14 of each block (block q's 8 at 8q..8q+7), then its even columns 16-30, then the
+ * odd columns 1-15, then 17-31. Otherwise a pair of blocks: the even columns of both blocks (first
+ * block's 16, second's 16), then the odd ones. */
 static inline long split_position(long c) {
     long block = c / BLOCK, within = c % BLOCK;
-    return (block / 2) * PAIR + (within & 1) * 32 + (block & 1) * 16 + within / 2;
+#ifdef MX_BF16_DOT
+    long vector = (within & 1) * 2 + (within / 2) / 8;
+    return (block / 4) * UNIT + vector * 32 + (block % 4) * 8 + (within / 2) % 8;
+#else
+    return (block / 2) * UNIT + (within & 1) * 32 + (block & 1) * 16 + within / 2;
+#endif
 }
 
 /* Put value v (input column c) into a split vector, as `terms` bf16 terms: hi, then what hi
@@ -142,43 +155,58 @@ static void split_vector(const void *x, int x_bf16, long in_features, int terms,
 }
 
 #if defined(MX_BF16_DOT)
-static const uint16_t FP4_BF16_TWICE[32] = {
-    0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0,
-    0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0,
-    0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0,
-    0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0,
-};
+/* The bf16 bit patterns of the 16 E2M1 values (0, 0.5, 1, 1.5, 2, 3, 4, 6, then negated), split
+ * into their high and low bytes: one byte lookup (vpshufb, which stays within each 128-bit lane
+ * and so costs little) per byte of the result. */
+#define E2M1_BF16_HIGH 0x00, 0x3f, 0x3f, 0x3f, 0x40, 0x40, 0x40, 0x40, 0x80, 0xbf, 0xbf, 0xbf, 0xc0, 0xc0, 0xc0, 0xc0
+#define E2M1_BF16_LOW 0x00, 0x00, 0x80, 0xc0, 0x00, 0x40, 0x80, 0xc0, 0x00, 0x00, 0x80, 0xc0, 0x00, 0x40, 0x80, 0xc0
+static const uint8_t FP4_BF16_HIGH[64] = {E2M1_BF16_HIGH, E2M1_BF16_HIGH, E2M1_BF16_HIGH, E2M1_BF16_HIGH};
+static const uint8_t FP4_BF16_LOW[64] = {E2M1_BF16_LOW, E2M1_BF16_LOW, E2M1_BF16_LOW, E2M1_BF16_LOW};
 
 /* out[i] = (row . vector i) for n split vectors x[i] (n, terms: compile-time constants after
- * inlining); the row is `groups` blocks and their scale bytes. */
+ * inlining); the row is `groups` blocks and their scale bytes.
+ *
+ * Per unit of 4 blocks (64 code bytes, one 512-bit load; 128-bit lane q is block q): the low
+ * nibbles (even columns) and the high ones (odd columns) are looked up in the two byte tables,
+ * and byte-interleaving a high and a low result (vpunpck[lh]bw, also within lanes) gives 32 bf16
+ * weights; 4 such vectors hold the unit's 128. vdpbf16ps multiplies each by the input values laid
+ * out in the same order (split_position) and sums pairs in fp32, so fp32 lanes 4q..4q+3 hold block
+ * q's partial sums, and one multiply-add by the blocks' scales 2^(s-127) (made from the scale
+ * bytes by a shift into the fp32 exponent, each broadcast to its block's 4 lanes) accumulates. */
 static inline __attribute__((always_inline)) void row_dot_body(const uint8_t *blocks, const uint8_t *scales, long groups,
                                                               const split_t *const *x, long term_stride, float *out,
                                                               const int n, const int terms) {
-    const __m512i table = _mm512_loadu_si512(FP4_BF16_TWICE);
-    const __m512i lane_block = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i high_table = _mm512_loadu_si512(FP4_BF16_HIGH), low_table = _mm512_loadu_si512(FP4_BF16_LOW);
+    const __m512i nibble = _mm512_set1_epi8(0x0f);
     const __m512 smallest = _mm512_set1_ps(0x1p-127f); /* scale byte 0: a subnormal, not 0 */
+    const __m512i block_of_lane = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     __m512 acc[TOKEN_TILE];
     for (int i = 0; i < n; i++) acc[i] = _mm512_setzero_ps();
-    long pairs = (groups + 1) / 2;
-    for (long first = 0; first < pairs; first += 8) { /* 8 pairs: the 16 scale bytes of one load */
-        long blocks_here = groups - 2 * first < 16 ? groups - 2 * first : 16;
-        __m512i bytes = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8((__mmask16)((1u << blocks_here) - 1), scales + 2 * first));
+    long units = (groups + UNIT_BLOCKS - 1) / UNIT_BLOCKS;
+    for (long first = 0; first < units; first += 4) { /* 4 units: the 16 scale bytes of one load */
+        long blocks_here = groups - UNIT_BLOCKS * first < 16 ? groups - UNIT_BLOCKS * first : 16;
+        __m512i bytes = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8((__mmask16)((1u << blocks_here) - 1), scales + UNIT_BLOCKS * first));
         __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(bytes, 23)); /* 2^(s - 127) for s in 1..254 */
         scale = _mm512_mask_mov_ps(scale, _mm512_cmpeq_epi32_mask(bytes, _mm512_setzero_si512()), smallest);
-        long last = first + 8 < pairs ? first + 8 : pairs;
-        for (long p = first; p < last; p++) {
-            const uint8_t *b = blocks + p * 2 * BLOCK_BYTES;
-            __m256i raw = 2 * p + 1 < groups ? _mm256_loadu_si256((const __m256i *)b) : _mm256_maskz_loadu_epi8(0xffff, b);
-            __m512i codes = _mm512_cvtepu8_epi16(raw);
-            __m512bh even = (__m512bh)_mm512_permutexvar_epi16(codes, table);
-            __m512bh odd = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(codes, 4), table);
-            __m512 s = _mm512_permutexvar_ps(_mm512_add_epi32(lane_block, _mm512_set1_epi32((int)(2 * (p - first)))), scale);
+        long last = first + 4 < units ? first + 4 : units;
+        for (long u = first; u < last; u++) {
+            const uint8_t *b = blocks + u * UNIT_BLOCKS * BLOCK_BYTES;
+            long blocks_in_unit = groups - UNIT_BLOCKS * u < UNIT_BLOCKS ? groups - UNIT_BLOCKS * u : UNIT_BLOCKS;
+            __m512i raw = blocks_in_unit == UNIT_BLOCKS ? _mm512_loadu_si512(b)
+                                                        : _mm512_maskz_loadu_epi8((1ull << (blocks_in_unit * BLOCK_BYTES)) - 1, b);
+            __m512i even = _mm512_and_si512(raw, nibble), odd = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
+            __m512i even_high = _mm512_shuffle_epi8(high_table, even), even_low = _mm512_shuffle_epi8(low_table, even);
+            __m512i odd_high = _mm512_shuffle_epi8(high_table, odd), odd_low = _mm512_shuffle_epi8(low_table, odd);
+            __m512bh w[4] = {
+                (__m512bh)_mm512_unpacklo_epi8(even_low, even_high), (__m512bh)_mm512_unpackhi_epi8(even_low, even_high),
+                (__m512bh)_mm512_unpacklo_epi8(odd_low, odd_high), (__m512bh)_mm512_unpackhi_epi8(odd_low, odd_high),
+            };
+            __m512 s = _mm512_permutexvar_ps(_mm512_add_epi32(block_of_lane, _mm512_set1_epi32((int)(UNIT_BLOCKS * (u - first)))), scale);
             for (int i = 0; i < n; i++) {
                 __m512 d = _mm512_setzero_ps();
                 for (int t = 0; t < terms; t++) {
-                    const split_t *xp = x[i] + t * term_stride + p * PAIR;
-                    d = _mm512_dpbf16_ps(d, even, (__m512bh)_mm512_loadu_si512(xp));
-                    d = _mm512_dpbf16_ps(d, odd, (__m512bh)_mm512_loadu_si512(xp + 32));
+                    const split_t *xp = x[i] + t * term_stride + u * UNIT;
+                    for (int v = 0; v < 4; v++) d = _mm512_dpbf16_ps(d, w[v], (__m512bh)_mm512_loadu_si512(xp + 32 * v));
                 }
                 acc[i] = _mm512_fmadd_ps(d, s, acc[i]);
             }
@@ -241,7 +269,7 @@ static inline __attribute__((always_inline)) void row_dot_body(const uint8_t *bl
         __m256 s_first = _mm256_set1_ps(half_scale(scales[2 * p]));
         __m256 s_second = _mm256_set1_ps(both ? half_scale(scales[2 * p + 1]) : 0.0f);
         for (int i = 0; i < n; i++) {
-            const float *xp = x[i] + p * PAIR;
+            const float *xp = x[i] + p * UNIT;
             __m256 d_first = _mm256_mul_ps(w[0], _mm256_loadu_ps(xp));
             d_first = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xp + 8), d_first);
             d_first = _mm256_fmadd_ps(w[4], _mm256_loadu_ps(xp + 32), d_first);
@@ -392,8 +420,8 @@ int mxfp4_experts(const void *x, int x_bf16, long n, long d_model, long d_ff, lo
         for (long a = 0; a < assignments; a++) order[next[top_experts[a]]++] = a;
     }
 
-    /* hidden values are written one by one: the padding of an odd number of blocks must be zero */
-    if ((d_ff / BLOCK) % 2) memset(h_split, 0, (size_t)(assignments * h_stride) * sizeof(split_t));
+    /* hidden values are written one by one: the padding of a last, partial unit must be zero */
+    if ((d_ff / BLOCK) % UNIT_BLOCKS) memset(h_split, 0, (size_t)(assignments * h_stride) * sizeof(split_t));
 
     long gu_groups = d_model / BLOCK, dn_groups = d_ff / BLOCK;
     long gu_items_per_expert = (d_ff + ROW_ITEM / 2 - 1) / (ROW_ITEM / 2); /* ROW_ITEM rows = ROW_ITEM/2 hidden units */
