@@ -272,6 +272,8 @@ class Experts(nn.Module):
     linear = odd), as in gpt-oss. down_proj (E, d_ff, d_model).
     """
 
+    CAPACITY_MULTIPLE = 64  # mix's padded batch rounds its capacity up to a multiple of this
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         E, D, F_ = config.num_experts, config.d_model, config.d_ff
@@ -315,8 +317,9 @@ class Experts(nn.Module):
         Tokens are grouped by expert (one sort), so no expert is computed for tokens it does not
         own. Then either of two ways, the same result to fp32 rounding:
           padded batch: each expert's tokens fill one row block of an (E, capacity, d_model) tensor,
-            capacity = the largest expert's count, and two batched matrix products run every
-            expert at once; the padding rows' outputs are dropped.
+            capacity = the largest expert's count rounded up to a multiple of CAPACITY_MULTIPLE,
+            and two batched matrix products run every expert at once; the padding rows (zeros)
+            are dropped from the output, so they get no gradient.
           per expert: one matrix product per expert over exactly its tokens.
         See use_padded_batch for which. (This method is the layer's whole use of its experts, so
         a faster implementation can replace it: gptoss.inference's MXFP4 kernel, installed by
@@ -334,8 +337,11 @@ class Experts(nn.Module):
 
         out = torch.zeros_like(tokens)
         if self.use_padded_batch(sizes, N * k):
-            E, capacity, D = self.num_experts, max(sizes), tokens.shape[1]
-            # each sorted assignment's row in the padded batch: its expert's block, then its rank there
+            E, D = self.num_experts, tokens.shape[1]
+            # rounded up so that the batch's shapes repeat from step to step: oneDNN (bf16 on CPU)
+            # builds a kernel per new shape, which costs more than a small product itself
+            capacity = -(-max(sizes) // self.CAPACITY_MULTIPLE) * self.CAPACITY_MULTIPLE
+            # each sorted assignment's row in the batch: its expert's block, then its rank there
             sorted_experts = flat_experts[order]  # (N*k,) ascending
             first = counts.cumsum(0) - counts  # (E,) each expert's first sorted assignment
             rank = torch.arange(N * k, device=tokens.device) - first[sorted_experts]
@@ -356,20 +362,20 @@ class Experts(nn.Module):
         token counts `sizes` (E,) and the N*k assignments they sum to. The padded batch only if:
           - the weights are stacked (not in a subclass that decodes one expert at a time);
           - autograd is on (training): the backward pass keeps every expert's activations either
-            way, and the batch's fewer, larger operations (under autocast one weight cast, not one
-            per expert) made a gpt-oss-tiny training step 1.2-1.3x faster in bf16, no slower in
-            fp32. Without autograd (inference) the loop was faster (the batch 0.4-0.6x in fp32,
-            0.6x in bf16 at d_model 512: its elementwise SwiGLU passes over all E experts' rows
-            fall out of cache) and holds one expert's activations at a time, not all E's, which
-            matters for long prompts;
-          - the padding adds at most a quarter: E * capacity <= 1.25 * N*k (the batch's cost grows
-            with E * capacity, the loop's with N*k: at 2.4x padding the batch was 0.5x the loop).
-        Measured on CPU (AMD EPYC Zen 4, 2 cores; docs/training.md).
+            way, and the batch's few large products (6 per layer and step, not 6 per expert) made a
+            gpt-oss-tiny training step on text 1.7x faster in bf16 and as fast in fp32. Without
+            autograd (inference) the loop was faster (the batch 0.4-0.6x in fp32, 0.6x in bf16 at
+            d_model 512: its elementwise SwiGLU passes over all E experts' rows fall out of cache)
+            and holds one expert's activations at a time, not all E's: long prompts need that;
+          - the padding at most quadruples the rows: E * max(sizes) <= 4 * N*k. The batch's cost
+            grows with E * capacity, the loop's with N*k; gpt-oss-tiny's routing of text pads
+            1.5-4x, and a collapsed router (every token to the same experts) would pad E/k-fold.
+        Measured on CPU (AMD EPYC Zen 4, 2 cores, 2026-12-08; docs/training.md).
         """
         return (
             self.stacked_weights() is not None
             and torch.is_grad_enabled()
-            and self.num_experts * max(sizes, default=0) <= 1.25 * assignments
+            and self.num_experts * max(sizes, default=0) <= 4 * assignments
         )
 
 
