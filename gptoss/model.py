@@ -336,7 +336,7 @@ class Experts(nn.Module):
         sizes = counts.tolist()
 
         out = torch.zeros_like(tokens)
-        if self.use_padded_batch(sizes, N * k):
+        if self.use_padded_batch(sizes, tokens):
             E, D = self.num_experts, tokens.shape[1]
             # rounded up so that the batch's shapes repeat from step to step: oneDNN (bf16 on CPU)
             # builds a kernel per new shape, which costs more than a small product itself
@@ -357,26 +357,28 @@ class Experts(nn.Module):
                 start += count
         return out
 
-    def use_padded_batch(self, sizes: list[int], assignments: int) -> bool:
+    def use_padded_batch(self, sizes: list[int], tokens: torch.Tensor) -> bool:
         """Whether mix runs the padded batch (else one product per expert), given the experts'
-        token counts `sizes` (E,) and the N*k assignments they sum to. The padded batch only if:
-          - the weights are stacked (not in a subclass that decodes one expert at a time);
+        token counts `sizes` (E,) and the tokens. The padded batch only if
+          - the weights are stacked (not in a subclass that decodes one expert at a time),
           - autograd is on (training): the backward pass keeps every expert's activations either
-            way, and the batch's few large products (6 per layer and step, not 6 per expert) made a
-            gpt-oss-tiny training step on text 1.7x faster in bf16 and as fast in fp32. Without
-            autograd (inference) the loop was faster (the batch 0.4-0.6x in fp32, 0.6x in bf16 at
-            d_model 512: its elementwise SwiGLU passes over all E experts' rows fall out of cache)
-            and holds one expert's activations at a time, not all E's: long prompts need that;
-          - the padding at most quadruples the rows: E * max(sizes) <= 4 * N*k. The batch's cost
-            grows with E * capacity, the loop's with N*k; gpt-oss-tiny's routing of text pads
-            1.5-4x, and a collapsed router (every token to the same experts) would pad E/k-fold.
+            way. Without autograd (inference) the loop was faster (the batch 0.4-0.6x in fp32,
+            0.6x in bf16 at d_model 512: its elementwise SwiGLU passes over all E experts' rows
+            fall out of cache) and holds one expert's activations at a time, not all E's, which
+            long prompts need,
+          - and the padding is small enough: E * max(sizes) at most 4x the N*k assignments when
+            the products run in bf16/fp16 (autocast or half weights), at most 1.25x in fp32.
+            The batch's cost grows with E * capacity, the loop's with N*k plus a fixed cost per
+            expert and product, which in bf16 on CPU is large (oneDNN builds a kernel for every
+            new shape). gpt-oss-tiny's routing of text pads 1.5-4x: there the batch made a
+            training step ~1.3x faster in bf16 and ~1.6x slower in fp32; with balanced routing
+            (1.06x) it was as fast as the loop in fp32.
         Measured on CPU (AMD EPYC Zen 4, 2 cores, 2026-12-08; docs/training.md).
         """
-        return (
-            self.stacked_weights() is not None
-            and torch.is_grad_enabled()
-            and self.num_experts * max(sizes, default=0) <= 4 * assignments
-        )
+        if self.stacked_weights() is None or not torch.is_grad_enabled():
+            return False
+        half = torch.is_autocast_enabled(tokens.device.type) or tokens.dtype != torch.float32
+        return self.num_experts * max(sizes, default=0) <= (4 if half else 1.25) * sum(sizes)
 
 
 class MixtureOfExperts(nn.Module):

@@ -594,7 +594,7 @@ def test_padded_batch_and_per_expert_loop_match_a_per_token_reference(num_expert
 
     results = {}
     for padded in (True, False):
-        experts.use_padded_batch = lambda sizes, assignments, padded=padded: padded
+        experts.use_padded_batch = lambda sizes, tokens, padded=padded: padded
         xs, ws = x.clone().requires_grad_(), top_weights.clone().requires_grad_()
         out = experts.mix(xs, top_experts, ws)
         out.backward(torch.ones_like(out))

@@ -74,7 +74,7 @@ class HostReads(TorchDispatchMode):
 def test_the_mixture_of_experts_reads_only_its_expert_counts(padded, monkeypatch):
     """On CPU, besides the id range checks (CPU tensors only: there is no device to wait for), a
     training step reads one list per MoE layer: its tokens per expert. Both ways of Experts.mix."""
-    monkeypatch.setattr(Experts, "use_padded_batch", lambda self, sizes, assignments: padded)
+    monkeypatch.setattr(Experts, "use_padded_batch", lambda self, sizes, tokens: padded)
     config = GPTConfig.preset("gpt-oss-tiny", num_layers=3)
     model = GPT(config).train()
     idx = torch.randint(0, config.vocab_size, (2, 16))
