@@ -373,7 +373,7 @@ class Experts(nn.Module):
             The batch's cost grows with E * capacity, the loop's with N*k plus a fixed cost per
             expert and product, which in bf16 on CPU is large (oneDNN builds a kernel for every
             new shape). gpt-oss-tiny's routing of text pads 1.5-4x: there the batch made a
-            training step ~1.3x faster in bf16 and ~1.6x slower in fp32; with balanced routing
+            training step 1.4-1.7x faster in bf16 and 0.6x as fast in fp32; with balanced routing
             (1.06x) it was as fast as the loop in fp32.
         Measured on CPU (AMD EPYC Zen 4, 2 cores, 2026-12-08; docs/training.md).
         """
