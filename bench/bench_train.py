@@ -1,6 +1,7 @@
 """Training speed: our GPT against transformers' GPT2LMHeadModel, and gpt-oss-tiny against tiny.
 
     flock /tmp/gptoss-bench.lock .venv/bin/python bench/bench_train.py [--configs char gpt2-small gpt-oss-tiny] [--rounds 6]
+        [--precision fp32|bf16]
 
 Both models are built from one GPTConfig (the HF one through gptoss.hf, with our initial weights
 copied in, so their first losses agree) and trained by the same step: forward, cross-entropy,
@@ -13,6 +14,8 @@ The gpt-oss-tiny row compares two of our own models of the same width (d_model 1
 and the same step: `tiny` (GPT-2: LayerNorm, learned positions, multi-head, dense GELU MLP) and
 `gpt-oss-tiny` (RMSNorm, RoPE, grouped-query attention with sinks, sliding window on even layers,
 top-2 of 8 experts); its "speedup" is gpt-oss-tiny's tokens/s over tiny's.
+Each config has its own precision (gpt-oss-tiny: bf16); --precision runs every chosen config in
+fp32 or bf16 instead (fp32 is the fair comparison on a CPU without fast bf16 matrix products).
 
 Model FLOPs utilisation counts 6 FLOPs per weight-matrix parameter a token uses (forward +
 backward, the unembedding included; for a mixture of experts the k experts it is routed to and the
@@ -114,10 +117,11 @@ def make_step(model, loss_fn, precision: str):
     return step
 
 
-def run_config(name: str, rounds: int, tokens) -> dict:
+def run_config(name: str, rounds: int, tokens, precision: str | None = None) -> dict:
     """Median step time of each model, measured alternately, and the derived figures (MFU as a
-    fraction of the peak: filled in by main, which measures it)."""
-    spec = CONFIGS[name]
+    fraction of the peak: filled in by main, which measures it). precision: fp32 or bf16 in place
+    of the config's own."""
+    spec = dict(CONFIGS[name], precision=precision or CONFIGS[name]["precision"])
     if "preset" in spec:
         models = build_architectures(spec)
     else:
@@ -161,6 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--rounds", type=int, default=6, help="alternations of the two models (default: 6)")
+    parser.add_argument("--precision", choices=list(PEAK_DTYPES), help="for every config (default: each its own)")
     args = parser.parse_args()
     # training text: Tiny Shakespeare's bytes stand in for token ids (speed does not depend on them)
     from gptoss.data.corpora import shakespeare_path
@@ -170,7 +175,7 @@ def main() -> None:
     peaks = measure_peaks()
     print(f"measured at the start: matmul 2048^3 fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
           f"read bandwidth {read_bandwidth() / 1e9:.1f} GB/s\n", flush=True)  # fmt: skip
-    results = [run_config(name, args.rounds, tokens) for name in args.configs]
+    results = [run_config(name, args.rounds, tokens, args.precision) for name in args.configs]
     at_end = measure_peaks()
     peaks = {precision: max(peaks[precision], at_end[precision]) for precision in peaks}
     print("| config | precision | params | model | step (ms) | tokens/s | GFLOP/s | MFU (of measured peak) | speedup |")

@@ -130,6 +130,9 @@ class PackedExperts(Experts):
         blocks, scales = getattr(self, f"{name}_blocks")[e], getattr(self, f"{name}_scales")[e]
         return dequantize_mxfp4(blocks, scales, self.gate_up_proj_bias.dtype)
 
+    def stacked_weights(self) -> None:
+        return None  # decoded one expert at a time (expert_weights), so mix loops over the experts
+
     def expert_weights(self, e: int) -> tuple[torch.Tensor, ...]:
         # decoded (out, in); the transposed views are the (in, out) matrices Experts.forward expects
         w_gate_up, w_down = self.decode("gate_up_proj", e), self.decode("down_proj", e)

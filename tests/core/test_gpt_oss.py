@@ -30,7 +30,7 @@ from transformers.models.gpt_oss.modeling_gpt_oss import (
 from conftest import shared_data_path
 from gptoss import GPT, GPTConfig
 from gptoss.checkpoints.hf import config_from_hf_gpt_oss, gpt_oss_state_from_hf, gpt_oss_state_to_hf
-from gptoss.model import Attention, MixtureOfExperts, RotaryEmbedding, attention_mask
+from gptoss.model import Attention, Experts, MixtureOfExperts, RotaryEmbedding, attention_mask
 from gptoss.train import Trainer, TrainConfig
 
 # The published rotary settings of both gpt-oss models.
@@ -569,6 +569,45 @@ def test_moe_block_matches_transformers(tokens, seed):
     x = torch.randn(2, tokens, hf_config.hidden_size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         torch.testing.assert_close(ours(x)[0], theirs(x)[0], rtol=0, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    num_experts=st.integers(1, 8), data=st.data(), tokens=st.integers(1, 24), seed=st.integers(0, 2**31 - 1),
+    skew=st.sampled_from([0.0, 1.0, 4.0]),
+)
+def test_padded_batch_and_per_expert_loop_match_a_per_token_reference(num_experts, data, tokens, seed, skew):
+    """Experts.mix both ways (the padded batch and the per-expert loop), forward and gradients,
+    against the definition: each token, alone, through each of its k experts (Experts.forward),
+    summed with its weights. Skewed routing leaves experts empty and pads others heavily."""
+    k = data.draw(st.integers(1, num_experts), label="k")
+    config = GPTConfig.preset("gpt-oss-tiny", d_model=8, d_ff=6, num_experts=num_experts, experts_per_token=k)
+    experts = Experts(config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in experts.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    x = torch.randn(tokens, 8, generator=g)
+    logits = torch.randn(tokens, num_experts, generator=g) + skew * torch.arange(num_experts)
+    top_experts = logits.topk(k, dim=-1).indices
+    top_weights = torch.softmax(torch.randn(tokens, k, generator=g), -1)
+
+    results = {}
+    for padded in (True, False):
+        experts.use_padded_batch = lambda sizes, tokens, padded=padded: padded
+        xs, ws = x.clone().requires_grad_(), top_weights.clone().requires_grad_()
+        out = experts.mix(xs, top_experts, ws)
+        out.backward(torch.ones_like(out))
+        results[padded] = (out.detach(), xs.grad, ws.grad, *(p.grad.clone() for p in experts.parameters()))
+        experts.zero_grad(set_to_none=True)
+    del experts.use_padded_batch
+    with torch.no_grad():
+        expected = torch.stack([sum(top_weights[i, j] * experts(x[i : i + 1], int(top_experts[i, j]))[0]
+                                    for j in range(k)) for i in range(tokens)])  # fmt: skip
+    torch.testing.assert_close(results[True][0], expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(results[False][0], expected, rtol=1e-5, atol=1e-4)
+    for padded_grad, loop_grad in zip(results[True][1:], results[False][1:]):
+        torch.testing.assert_close(padded_grad, loop_grad, rtol=1e-5, atol=1e-4)
 
 
 # ------------------------------------------------------------------ training

@@ -14,6 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gptoss import GPT, GPTConfig
+from gptoss.model import Experts
 
 DENSE = {
     "gpt2": GPTConfig.preset("gpt2-small", d_model=64, num_heads=4, num_layers=2, d_ff=128),
@@ -69,9 +70,11 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_the_mixture_of_experts_reads_only_its_expert_counts():
+@pytest.mark.parametrize("padded", [True, False], ids=["padded batch", "per expert"])
+def test_the_mixture_of_experts_reads_only_its_expert_counts(padded, monkeypatch):
     """On CPU, besides the id range checks (CPU tensors only: there is no device to wait for), a
-    training step reads one list per MoE layer: its tokens per expert."""
+    training step reads one list per MoE layer: its tokens per expert. Both ways of Experts.mix."""
+    monkeypatch.setattr(Experts, "use_padded_batch", lambda self, sizes, tokens: padded)
     config = GPTConfig.preset("gpt-oss-tiny", num_layers=3)
     model = GPT(config).train()
     idx = torch.randint(0, config.vocab_size, (2, 16))
