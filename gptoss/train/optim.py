@@ -139,13 +139,21 @@ class Muon(torch.optim.Optimizer):
 
     def muon_step(self, group: dict, params: list[torch.Tensor]) -> None:
         lr, momentum = group["lr"], group["momentum"]
+        by_shape: dict[torch.Size, list[torch.Tensor]] = {}
         for p in params:
-            buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-            buffer.lerp_(p.grad, 1 - momentum)
-            direction = p.grad.lerp(buffer, momentum)  # Nesterov: the gradient, then the momentum
-            update = newton_schulz(direction)
-            p.mul_(1 - lr * group["weight_decay"])
-            p.add_(update, alpha=-lr * MUON_UPDATE_RMS * math.sqrt(max(p.shape[-2:])))
+            by_shape.setdefault(p.shape, []).append(p)
+        # the matrices of one shape (the same projection in every layer) are orthogonalised as one
+        # batch: a few larger products instead of 15 small ones per matrix, whose fixed cost dominates
+        for same_shape in by_shape.values():
+            directions = []
+            for p in same_shape:
+                buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buffer.lerp_(p.grad, 1 - momentum)
+                directions.append(p.grad.lerp(buffer, momentum))  # Nesterov: the gradient, then the momentum
+            updates = newton_schulz(torch.stack(directions))  # (matrices, ..., m, n)
+            for p, update in zip(same_shape, updates):
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-lr * MUON_UPDATE_RMS * math.sqrt(max(p.shape[-2:])))
 
     def adamw_step(self, group: dict, params: list[torch.Tensor]) -> None:
         (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]

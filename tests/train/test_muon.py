@@ -67,6 +67,26 @@ def test_a_muon_update_is_orthogonal_and_scaled_to_adamw_rms():
     assert torch.nn.functional.cosine_similarity(update.flatten(), (u @ vh).flatten(), dim=0) > 0.98
 
 
+def test_matrices_of_one_shape_are_updated_as_if_each_were_alone():
+    """Muon orthogonalises the matrices of one shape as one batch: each update equals the one it
+    gets alone (fp32 rounding), and matrices of other shapes are unaffected by the grouping."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(48, 16), (16, 48), (48, 16), (3, 8, 24), (48, 16)]
+    weights = [torch.nn.Parameter(torch.randn(*shape, generator=generator)) for shape in shapes]
+    grads = [torch.randn(*shape, generator=generator) for shape in shapes]
+    alone = []
+    for weight, grad in zip(weights, grads):
+        single = torch.nn.Parameter(weight.detach().clone())
+        single.grad = grad.clone()
+        Muon([{"params": [single], "muon": True, "weight_decay": 0.1}], lr=0.01).step()
+        alone.append(single.detach())
+    for weight, grad in zip(weights, grads):
+        weight.grad = grad
+    Muon([{"params": weights, "muon": True, "weight_decay": 0.1}], lr=0.01).step()
+    for weight, expected in zip(weights, alone):
+        torch.testing.assert_close(weight.detach(), expected, atol=1e-6, rtol=1e-5)
+
+
 def test_muon_under_fsdp_is_refused_with_the_fix():
     with pytest.raises(ValueError, match='optimizer = "muon" needs each weight matrix whole.*parallel = "ddp"'):
         TrainConfig.from_dict({"optim": {"optimizer": "muon"}, "hardware": {"parallel": "fsdp"}})
