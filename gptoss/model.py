@@ -171,7 +171,7 @@ class Attention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
     def attend(self, q, k, v, mask, dropout: float) -> torch.Tensor:
-        """Softmax attention by the fastest exact way for the case: q (B, H, T, hs), k/v (B, Hkv, S,
+        """Softmax attention, by the way suited to the case: q (B, H, T, hs), k/v (B, Hkv, S,
         hs), mask as in forward -> (B, H, T, hs). (A faster implementation can replace it:
         gptoss.inference's kernel for decoding steps, installed by prepare_for_inference.)"""
         if mask is CAUSAL:  # the common training case: the fused kernel builds the causal mask itself
@@ -329,7 +329,7 @@ class Experts(nn.Module):
         a faster implementation can replace it: gptoss.inference's MXFP4 kernel, installed by
         prepare_for_inference.)
         """
-        N, k = top_experts.shape
+        k = top_experts.shape[1]
         # sort the N*k (token, expert) assignments by expert: each expert's tokens become contiguous
         flat_experts = top_experts.flatten()  # (N*k,)
         order = flat_experts.argsort(stable=True)
@@ -341,19 +341,7 @@ class Experts(nn.Module):
 
         out = torch.zeros_like(tokens)
         if self.use_padded_batch(sizes, tokens):
-            E, D = self.num_experts, tokens.shape[1]
-            # rounded up so that the batch's shapes repeat from step to step: oneDNN (bf16 on CPU)
-            # builds a kernel per new shape, which costs more than a small product itself
-            capacity = -(-max(sizes) // self.CAPACITY_MULTIPLE) * self.CAPACITY_MULTIPLE
-            # each sorted assignment's row in the batch: its expert's block, then its rank there
-            sorted_experts = flat_experts[order]  # (N*k,) ascending
-            first = counts.cumsum(0) - counts  # (E,) each expert's first sorted assignment
-            rank = torch.arange(N * k, device=tokens.device) - first[sorted_experts]
-            rows = sorted_experts * capacity + rank  # (N*k,) into E*capacity rows
-            # (index_select, not x[index]: its gradient is an index_add, faster than index_put's on CPU)
-            grouped = tokens.index_select(0, token_index)  # (N*k, D) sorted by expert
-            padded = tokens.new_zeros(E * capacity, D).index_copy(0, rows, grouped).view(E, capacity, D)
-            y = self.forward_padded(padded).view(E * capacity, D).index_select(0, rows)  # (N*k, D)
+            y = self.padded_batch(tokens, flat_experts[order], token_index, counts, self.capacity(sizes))  # (N*k, D)
             return out.index_add_(0, token_index, y * weight)
         start = 0
         for e, count in enumerate(sizes):
@@ -363,28 +351,43 @@ class Experts(nn.Module):
                 start += count
         return out
 
+    def padded_batch(self, tokens, sorted_experts, token_index, counts, capacity: int) -> torch.Tensor:
+        """The outputs of the N*k assignments sorted by expert, (N*k, d_model), from one padded batch:
+        tokens (N, d_model); sorted_experts, token_index (N*k,): each sorted assignment's expert and
+        token; counts (E,): assignments per expert; capacity: rows per expert (capacity())."""
+        E, D = self.num_experts, tokens.shape[1]
+        # each sorted assignment's row in the batch: its expert's block, then its rank there
+        first = counts.cumsum(0) - counts  # (E,) each expert's first sorted assignment
+        rank = torch.arange(sorted_experts.shape[0], device=tokens.device) - first[sorted_experts]
+        rows = sorted_experts * capacity + rank  # (N*k,) into E*capacity rows
+        # (index_select, not x[index]: its gradient is an index_add, faster than index_put's on CPU)
+        grouped = tokens.index_select(0, token_index)  # (N*k, D) sorted by expert
+        padded = tokens.new_zeros(E * capacity, D).index_copy(0, rows, grouped).view(E, capacity, D)
+        return self.forward_padded(padded).view(E * capacity, D).index_select(0, rows)
+
     def use_padded_batch(self, sizes: list[int], tokens: torch.Tensor) -> bool:
         """Whether mix runs the padded batch (else one product per expert), given the experts'
         token counts `sizes` (E,) and the tokens. The padded batch only if
           - the weights are stacked (not in a subclass that decodes one expert at a time),
           - autograd is on (training): the backward pass keeps every expert's activations either
-            way. Without autograd (inference) the loop was faster (the batch 0.4-0.6x in fp32,
-            0.6x in bf16 at d_model 512: its elementwise SwiGLU passes over all E experts' rows
-            fall out of cache) and holds one expert's activations at a time, not all E's, which
-            long prompts need,
-          - and the padding is small enough: E * max(sizes) at most 4x the N*k assignments when
-            the products run in bf16/fp16 (autocast or half weights), at most 1.25x in fp32.
-            The batch's cost grows with E * capacity, the loop's with N*k plus a fixed cost per
-            expert and product, which in bf16 on CPU is large (oneDNN builds a kernel for every
-            new shape). gpt-oss-tiny's routing of text pads 1.5-4x: there the batch made a
-            training step 1.4-1.7x faster in bf16 and 0.6x as fast in fp32; with balanced routing
-            (1.06x) it was as fast as the loop in fp32.
-        Measured on CPU (AMD EPYC Zen 4, 2 cores, 2026-12-08; docs/training.md).
+            way, while without autograd the loop holds one expert's at a time (long prompts need
+            that) and was faster,
+          - and the padding is small: E * capacity at most 4x the N*k assignments when the
+            products run in bf16/fp16 (autocast or half weights), at most 1.25x in fp32. The
+            batch's cost grows with E * capacity, the loop's with N*k plus a fixed cost per expert
+            and product, which in bf16 on CPU is large (oneDNN builds a kernel per new shape).
+        (The measurements behind the rule: docs/training.md.)
         """
         if self.stacked_weights() is None or not torch.is_grad_enabled():
             return False
         half = torch.is_autocast_enabled(tokens.device.type) or tokens.dtype != torch.float32
-        return self.num_experts * max(sizes, default=0) <= (4 if half else 1.25) * sum(sizes)
+        return self.num_experts * self.capacity(sizes) <= (4 if half else 1.25) * sum(sizes)
+
+    def capacity(self, sizes: list[int]) -> int:
+        """Rows per expert in mix's padded batch: the largest expert's count, rounded up to a multiple
+        of CAPACITY_MULTIPLE so that the batch's shapes repeat from step to step (oneDNN, bf16 on
+        CPU, builds a kernel per new shape, which costs more than a small product itself)."""
+        return -(-max(sizes, default=0) // self.CAPACITY_MULTIPLE) * self.CAPACITY_MULTIPLE
 
 
 class MixtureOfExperts(nn.Module):

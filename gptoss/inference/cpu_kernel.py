@@ -33,7 +33,7 @@ TILE = 16  # output features per tile: cpu_kernel.c's TILE (checked when it is l
 def library() -> ctypes.CDLL | None:
     """The kernel, loaded (and built first if this machine has no build yet: gptoss.util.c_build);
     None when it is turned off (GPTOSS_CPU_KERNEL=0) or cannot be built here, after a warning."""
-    return build_library(SOURCE, FLAGS, _declare, "linear layers use oneDNN, not the faster C kernel")
+    return build_library(SOURCE, FLAGS, _declare, "linear layers use oneDNN and decoding attention PyTorch, not the faster C kernel")
 
 
 def _declare(lib: ctypes.CDLL) -> None:

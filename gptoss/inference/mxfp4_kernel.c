@@ -146,8 +146,8 @@ static inline void split_value(split_t *split, long term_stride, int terms, long
 #endif
 }
 
-/* x (in_features values, fp32 or bf16) -> its split vector (split_length values; a missing second
- * block of the last pair stays zero). */
+/* x (in_features values, fp32 or bf16) -> its split vector (split_length values; the missing
+ * blocks of a last, partial unit stay zero). */
 static void split_vector(const void *x, int x_bf16, long in_features, int terms, split_t *split) {
     long term_stride = term_length(in_features);
     memset(split, 0, (size_t)split_length(in_features, terms) * sizeof(split_t));

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptoss.inference import cpu_kernel, mxfp4_kernel
-from gptoss.model import CAUSAL, Attention
+from gptoss.model import Attention
 
 # the weight formats prepare_for_inference offers: "auto" keeps the model's dtype
 WEIGHTS = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "int8": None}
@@ -94,10 +94,12 @@ class InferenceAttention(Attention):
     results to float rounding (its sums are fp32); everything else is plain Attention."""
 
     def attend(self, q, k, v, mask, dropout: float) -> torch.Tensor:
-        dtype = q.dtype
-        if (q.shape[2] != 1 or mask is CAUSAL or torch.is_grad_enabled() or not q.is_cpu
+        (B, _, T, _), S, dtype = q.shape, k.shape[2], q.dtype
+        if (T != 1 or dropout or torch.is_grad_enabled() or not q.is_cpu
                 or dtype not in (torch.float32, torch.bfloat16) or k.dtype != dtype or v.dtype != dtype
-                or k.stride() != v.stride() or k.stride(3) != 1):  # fmt: skip
+                or k.stride() != v.stride() or k.stride(3) != 1
+                or not (mask is None or (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
+                                         and mask.shape == (B, 1, 1, S)))):  # fmt: skip
             return super().attend(q, k, v, mask, dropout)
         return cpu_kernel.attend_one_query(q, k, v, mask, self.sinks, 1 / math.sqrt(q.shape[-1]))
 
@@ -143,10 +145,10 @@ def prepare_for_inference(model: nn.Module, dtype: torch.dtype | None = None, we
     if dtype is not None:
         model.to(dtype)
     mxfp4_kernel.use_kernel_experts(model)
-    if cpu_kernel.library() is not None:
-        for module in model.modules():
-            if type(module) is Attention:
-                module.__class__ = InferenceAttention
+    attention = [m for m in model.modules() if type(m) is Attention and m.c_attn.weight.device.type == "cpu"]
+    if attention and cpu_kernel.library() is not None:
+        for module in attention:
+            module.__class__ = InferenceAttention
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
         return model
     for module in model.modules():

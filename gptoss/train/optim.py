@@ -19,6 +19,7 @@ import torch.nn as nn
 # The quintic Newton-Schulz coefficients of modded-nanogpt: chosen to raise small singular values
 # as fast as possible, at the price of not converging exactly to 1 (see newton_schulz).
 NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NEWTON_SCHULZ_BATCH_ELEMENTS = 2**24  # matrices orthogonalised together in one batch, at most (elements)
 # Muon's update is scaled to the RMS of a typical AdamW update, so that both share the learning rate
 # and weight decay ("Muon is Scalable for LLM Training", Liu et al. 2025): 0.2 * sqrt(max(rows, cols)).
 MUON_UPDATE_RMS = 0.2
@@ -139,12 +140,17 @@ class Muon(torch.optim.Optimizer):
 
     def muon_step(self, group: dict, params: list[torch.Tensor]) -> None:
         lr, momentum = group["lr"], group["momentum"]
-        by_shape: dict[torch.Size, list[torch.Tensor]] = {}
-        for p in params:
-            by_shape.setdefault(p.shape, []).append(p)
         # the matrices of one shape (the same projection in every layer) are orthogonalised as one
-        # batch: a few larger products instead of 15 small ones per matrix, whose fixed cost dominates
-        for same_shape in by_shape.values():
+        # batch: a few larger products instead of 15 small ones per matrix, whose fixed cost
+        # dominates; batches of at most NEWTON_SCHULZ_BATCH_ELEMENTS, so that their fp32
+        # working copies stay small next to the model (a 20b's stacked experts go one at a time)
+        by_kind: dict[tuple, list[list[torch.Tensor]]] = {}
+        for p in params:
+            batches = by_kind.setdefault((p.shape, p.dtype, p.device), [[]])
+            if batches[-1] and (len(batches[-1]) + 1) * p.numel() > NEWTON_SCHULZ_BATCH_ELEMENTS:
+                batches.append([])
+            batches[-1].append(p)
+        for same_shape in (batch for batches in by_kind.values() for batch in batches):
             directions = []
             for p in same_shape:
                 buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))

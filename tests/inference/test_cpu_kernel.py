@@ -267,13 +267,13 @@ def test_a_damaged_build_is_rebuilt(fresh_build, tmp_path, monkeypatch):
 def test_without_a_compiler_a_warning_says_why(fresh_build, monkeypatch):
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.setenv("PATH", str(fresh_build))  # no cc or gcc there
-    with pytest.warns(RuntimeWarning, match="use oneDNN, not the faster C kernel.*no C compiler found.*GPTOSS_CPU_KERNEL=0"):
+    with pytest.warns(RuntimeWarning, match="use oneDNN and decoding attention PyTorch, not the faster C kernel.*no C compiler found.*GPTOSS_CPU_KERNEL=0"):
         assert cpu_kernel.library() is None
 
 
 def test_a_compiler_that_does_not_run_is_reported(fresh_build, monkeypatch):
     monkeypatch.setenv("CC", "/nonexistent/cc")
-    with pytest.warns(RuntimeWarning, match="use oneDNN, not the faster C kernel.*nonexistent"):
+    with pytest.warns(RuntimeWarning, match="use oneDNN and decoding attention PyTorch, not the faster C kernel.*nonexistent"):
         assert cpu_kernel.library() is None
 
 

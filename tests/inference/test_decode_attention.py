@@ -93,3 +93,22 @@ def test_a_prepared_model_decodes_the_same_tokens(preset):
     prepare_for_inference(model)
     assert all(type(m) is InferenceAttention for m in model.modules() if isinstance(m, Attention))
     assert torch.equal(generate(model, prompt, 48, temperature=0), expected)
+
+
+@needs_compiler
+def test_cases_the_kernel_does_not_take_go_to_the_models_own_attention():
+    """A mask that broadcasts over the batch, and dropout (a prepared model put back in training
+    mode): InferenceAttention hands them to Attention.attend rather than failing or dropping them."""
+    config = GPTConfig.preset("gpt-oss-tiny", dropout=0.0)
+    attention = Attention(config, 0)
+    attention.__class__ = InferenceAttention
+    H, Hkv, hs = config.num_heads, config.kv_heads, config.head_size
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, heads, length, hs, generator=g) for heads, length in [(H, 1), (Hkv, 5), (Hkv, 5)])
+    mask = torch.tensor([True, False, True, True, True]).view(1, 1, 1, 5)  # (1, 1, 1, S): every row alike
+    with torch.no_grad():
+        torch.testing.assert_close(attention.attend(q, k, v, mask, 0.0), Attention.attend(attention, q, k, v, mask, 0.0))
+        torch.manual_seed(1)
+        dropped = attention.attend(q, k, v, None, 0.5)
+        torch.manual_seed(1)
+        torch.testing.assert_close(dropped, Attention.attend(attention, q, k, v, None, 0.5))

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from gptoss import GPT, GPTConfig
 from gptoss.cli import main
 from gptoss.train.config import TrainConfig
+from gptoss.train import optim
 from gptoss.train.optim import Muon, muon, newton_schulz
 from test_distributed import losses, torchrun
 from test_trainer import corpus, data_dir, final_weights, metrics, tiny_config, write_toml  # noqa: F401 (fixtures)
@@ -67,9 +68,12 @@ def test_a_muon_update_is_orthogonal_and_scaled_to_adamw_rms():
     assert torch.nn.functional.cosine_similarity(update.flatten(), (u @ vh).flatten(), dim=0) > 0.98
 
 
-def test_matrices_of_one_shape_are_updated_as_if_each_were_alone():
-    """Muon orthogonalises the matrices of one shape as one batch: each update equals the one it
-    gets alone (fp32 rounding), and matrices of other shapes are unaffected by the grouping."""
+@pytest.mark.parametrize("batch_elements", [2**24, 48 * 16 * 2])
+def test_matrices_of_one_shape_are_updated_as_if_each_were_alone(monkeypatch, batch_elements):
+    """Muon orthogonalises the matrices of one shape as one batch (at most batch_elements per
+    batch): each update equals the one it gets alone (fp32 rounding), and matrices of other shapes
+    are unaffected by the grouping."""
+    monkeypatch.setattr(optim, "NEWTON_SCHULZ_BATCH_ELEMENTS", batch_elements)
     generator = torch.Generator().manual_seed(0)
     shapes = [(48, 16), (16, 48), (48, 16), (3, 8, 24), (48, 16)]
     weights = [torch.nn.Parameter(torch.randn(*shape, generator=generator)) for shape in shapes]
