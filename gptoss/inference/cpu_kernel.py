@@ -212,25 +212,37 @@ def linear(x: torch.Tensor, tiles: torch.Tensor, bias: torch.Tensor | None, out_
     return out
 
 
+def one_query_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> str | None:
+    """Why attend_one_query cannot take these inputs (see there), or None when it can."""
+    B, H, T, hs = q.shape
+    _, Hkv, S, _ = k.shape
+    if T != 1 or k.shape != v.shape or k.shape[0] != B or k.shape[3] != hs or H % Hkv:
+        return (f"attend_one_query takes q (B, H, 1, hs) and k, v (B, Hkv, S, hs), got {tuple(q.shape)}, "
+                f"{tuple(k.shape)}, {tuple(v.shape)}")  # fmt: skip
+    if q.dtype not in (torch.float32, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"attend_one_query takes fp32 or bf16 q, k, v alike, got {q.dtype}, {k.dtype}, {v.dtype}"
+    if k.stride() != v.stride() or k.stride(3) != 1 or not (q.is_cpu and k.is_cpu and v.is_cpu):
+        return "attend_one_query reads k and v where they lie: CPU tensors of equal strides, last dimension contiguous"
+    if mask is not None and not (isinstance(mask, torch.Tensor) and mask.shape == (B, 1, 1, S) and mask.dtype == torch.bool):
+        got = f"{tuple(mask.shape)} {mask.dtype}" if isinstance(mask, torch.Tensor) else repr(mask)
+        return f"mask must be (B, 1, 1, S) = {(B, 1, 1, S)} bool or None, got {got}"
+    return None
+
+
 def attend_one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                      sinks: torch.Tensor | None, scale: float) -> torch.Tensor:  # fmt: skip
     """A decoding step's softmax attention, in fp32, one call (cpu_kernel.c's attend_one_query):
     q (B, H, 1, hs), k and v (B, Hkv, S, hs) with the same strides and a contiguous last dimension
     (a KV cache's view, read where it lies; query head h uses k/v head h // (H // Hkv)); mask
     (B, 1, 1, S) bool (True: visible) or None; sinks (H,) or None: a logit per head in the
-    softmax's denominator, with no value. fp32 or bf16, all alike -> (B, H, 1, hs)."""
-    B, H, T, hs = q.shape
+    softmax's denominator, with no value. fp32 or bf16, all alike -> (B, H, 1, hs). Other inputs
+    raise ValueError (one_query_problem says why)."""
+    problem = one_query_problem(q, k, v, mask)
+    if problem:
+        raise ValueError(problem)
+    B, H, _, hs = q.shape
     _, Hkv, S, _ = k.shape
-    if T != 1 or k.shape != v.shape or k.shape[0] != B or k.shape[3] != hs or H % Hkv:
-        raise ValueError(f"attend_one_query takes q (B, H, 1, hs) and k, v (B, Hkv, S, hs), got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")  # fmt: skip
-    if q.dtype not in (torch.float32, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"attend_one_query takes fp32 or bf16 q, k, v alike, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.stride() != v.stride() or k.stride(3) != 1 or not (q.is_cpu and k.is_cpu and v.is_cpu):
-        raise ValueError("attend_one_query reads k and v where they lie: CPU tensors of equal strides, last dimension contiguous")
     if mask is not None:
-        if mask.shape != (B, 1, 1, S) or mask.dtype != torch.bool:
-            raise ValueError(f"mask must be (B, 1, 1, S) = {(B, 1, 1, S)} bool, got {tuple(mask.shape)} {mask.dtype}")
         mask = mask.reshape(B, S).contiguous().view(torch.uint8)
     if sinks is not None:
         sinks = sinks.detach().float().contiguous()

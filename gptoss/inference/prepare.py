@@ -94,12 +94,7 @@ class InferenceAttention(Attention):
     results to float rounding (its sums are fp32); everything else is plain Attention."""
 
     def attend(self, q, k, v, mask, dropout: float) -> torch.Tensor:
-        (B, _, T, _), S, dtype = q.shape, k.shape[2], q.dtype
-        if (T != 1 or dropout or torch.is_grad_enabled() or not q.is_cpu
-                or dtype not in (torch.float32, torch.bfloat16) or k.dtype != dtype or v.dtype != dtype
-                or k.stride() != v.stride() or k.stride(3) != 1
-                or not (mask is None or (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
-                                         and mask.shape == (B, 1, 1, S)))):  # fmt: skip
+        if dropout or torch.is_grad_enabled() or cpu_kernel.one_query_problem(q, k, v, mask):
             return super().attend(q, k, v, mask, dropout)
         return cpu_kernel.attend_one_query(q, k, v, mask, self.sinks, 1 / math.sqrt(q.shape[-1]))
 
