@@ -6,10 +6,9 @@
  * bf16 values in registers:
  *
  *   - a block of 32 values is 16 bytes of E2M1 codes (low nibble first) and one E8M0 scale byte;
- *   - four blocks (64 bytes) are loaded at once; their low nibbles (the even columns) and high
- *     nibbles (the odd ones) are looked up in two 16-entry byte tables, the high and the low byte
- *     of each value's bf16 pattern (vpshufb, _mm512_shuffle_epi8), and the bytes interleaved into
- *     bf16 values: 128 weights in 4 vectors, with instructions that stay within 128-bit lanes;
+ *   - four blocks (64 bytes) are loaded at once; each 16-bit lane holds 4 codes, and each code
+ *     is looked up, in turn (a shift apart), in a table of the 16 values' bf16 patterns
+ *     (vpermw, _mm512_permutexvar_epi16): 128 weights in 4 vectors, 4 lookups and 3 shifts;
  *   - vdpbf16ps (_mm512_dpbf16_ps) multiplies them, in pairs, by the matching input values and
  *     sums in fp32: each 128-bit lane of the result holds one block's partial sums, so one
  *     multiply-add per 4 blocks applies the scales 2^(s-127) (made from the scale bytes by a
@@ -110,15 +109,13 @@ static inline long split_length(long in_features, int terms) { (void)terms; retu
 #endif
 
 /* Where input value c goes in its term of a split vector: in the order in which row_dot_body
- * decodes the weights of its unit (c / UNIT). AVX512_BF16, a unit of 4 blocks: 4 vectors of 32, the
- * even columns 0-14 of each block (block q's 8 at 8q..8q+7), then its even columns 16-30, then the
- * odd columns 1-15, then 17-31. Otherwise a pair of blocks: the even columns of both blocks (first
+ * decodes the weights of its unit (c / UNIT). AVX512_BF16, a unit of 4 blocks: 4 vectors of 32,
+ * vector v the columns 4j + v of each block (j = 0..7; block q's 8 at 8q..8q+7). Otherwise a pair of blocks: the even columns of both blocks (first
  * block's 16, second's 16), then the odd ones. */
 static inline long split_position(long c) {
     long block = c / BLOCK, within = c % BLOCK;
 #ifdef MX_BF16_DOT
-    long vector = (within & 1) * 2 + (within / 2) / 8;
-    return (block / 4) * UNIT + vector * 32 + (block % 4) * 8 + (within / 2) % 8;
+    return (block / 4) * UNIT + (within % 4) * 32 + (block % 4) * 8 + within / 4;
 #else
     return (block / 2) * UNIT + (within & 1) * 32 + (block & 1) * 16 + within / 2;
 #endif
@@ -155,29 +152,29 @@ static void split_vector(const void *x, int x_bf16, long in_features, int terms,
 }
 
 #if defined(MX_BF16_DOT)
-/* The bf16 bit patterns of the 16 E2M1 values (0, 0.5, 1, 1.5, 2, 3, 4, 6, then negated), split
- * into their high and low bytes: one byte lookup (vpshufb, which stays within each 128-bit lane
- * and so costs little) per byte of the result. */
-#define E2M1_BF16_HIGH 0x00, 0x3f, 0x3f, 0x3f, 0x40, 0x40, 0x40, 0x40, 0x80, 0xbf, 0xbf, 0xbf, 0xc0, 0xc0, 0xc0, 0xc0
-#define E2M1_BF16_LOW 0x00, 0x00, 0x80, 0xc0, 0x00, 0x40, 0x80, 0xc0, 0x00, 0x00, 0x80, 0xc0, 0x00, 0x40, 0x80, 0xc0
-static const uint8_t FP4_BF16_HIGH[64] = {E2M1_BF16_HIGH, E2M1_BF16_HIGH, E2M1_BF16_HIGH, E2M1_BF16_HIGH};
-static const uint8_t FP4_BF16_LOW[64] = {E2M1_BF16_LOW, E2M1_BF16_LOW, E2M1_BF16_LOW, E2M1_BF16_LOW};
+/* The bf16 bit patterns of the 16 E2M1 values (0, 0.5, 1, 1.5, 2, 3, 4, 6, then negated), twice:
+ * vpermw looks up the low 5 bits of each 16-bit index, so whatever the code above a lane's lowest
+ * one holds (bit 4 is the next code's lowest bit), the 32-entry table gives that code's value. */
+#define E2M1_BF16 0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0, \
+                  0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0
+static const uint16_t FP4_BF16_WORDS[32] = {E2M1_BF16, E2M1_BF16};
 
 /* out[i] = (row . vector i) for n split vectors x[i] (n, terms: compile-time constants after
  * inlining); the row is `groups` blocks and their scale bytes.
  *
- * Per unit of 4 blocks (64 code bytes, one 512-bit load; 128-bit lane q is block q): the low
- * nibbles (even columns) and the high ones (odd columns) are looked up in the two byte tables,
- * and byte-interleaving a high and a low result (vpunpck[lh]bw, also within lanes) gives 32 bf16
- * weights; 4 such vectors hold the unit's 128. vdpbf16ps multiplies each by the input values laid
- * out in the same order (split_position) and sums pairs in fp32, so fp32 lanes 4q..4q+3 hold block
- * q's partial sums, and one multiply-add by the blocks' scales 2^(s-127) (made from the scale
- * bytes by a shift into the fp32 exponent, each broadcast to its block's 4 lanes) accumulates. */
+ * Per unit of 4 blocks (64 code bytes, one 512-bit load; 128-bit lane q is block q): 16-bit lane
+ * j holds the codes of columns 4j..4j+3 of its block (low nibble first), so the unit shifted right
+ * by 4v bits and looked up in the table gives the 32 bf16 weights of columns 4j + v; 4 such
+ * vectors hold the unit's 128 (one lookup per 32 weights, where looking up the high and the low
+ * byte of each with vpshufb and interleaving them takes three). vdpbf16ps multiplies each by the
+ * input values laid out in the same order (split_position) and sums pairs in fp32, so fp32 lanes
+ * 4q..4q+3 hold block q's partial sums, and one multiply-add by the blocks' scales 2^(s-127)
+ * (made from the scale bytes by a shift into the fp32 exponent, each broadcast to its block's 4
+ * lanes) accumulates. */
 static inline __attribute__((always_inline)) void row_dot_body(const uint8_t *blocks, const uint8_t *scales, long groups,
                                                               const split_t *const *x, long term_stride, float *out,
                                                               const int n, const int terms) {
-    const __m512i high_table = _mm512_loadu_si512(FP4_BF16_HIGH), low_table = _mm512_loadu_si512(FP4_BF16_LOW);
-    const __m512i nibble = _mm512_set1_epi8(0x0f);
+    const __m512i table = _mm512_loadu_si512(FP4_BF16_WORDS);
     const __m512 smallest = _mm512_set1_ps(0x1p-127f); /* scale byte 0: a subnormal, not 0 */
     const __m512i block_of_lane = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     __m512 acc[TOKEN_TILE];
@@ -189,17 +186,17 @@ static inline __attribute__((always_inline)) void row_dot_body(const uint8_t *bl
         __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(bytes, 23)); /* 2^(s - 127) for s in 1..254 */
         scale = _mm512_mask_mov_ps(scale, _mm512_cmpeq_epi32_mask(bytes, _mm512_setzero_si512()), smallest);
         long last = first + 4 < units ? first + 4 : units;
+#pragma GCC unroll 4
         for (long u = first; u < last; u++) {
             const uint8_t *b = blocks + u * UNIT_BLOCKS * BLOCK_BYTES;
             long blocks_in_unit = groups - UNIT_BLOCKS * u < UNIT_BLOCKS ? groups - UNIT_BLOCKS * u : UNIT_BLOCKS;
             __m512i raw = blocks_in_unit == UNIT_BLOCKS ? _mm512_loadu_si512(b)
                                                         : _mm512_maskz_loadu_epi8((1ull << (blocks_in_unit * BLOCK_BYTES)) - 1, b);
-            __m512i even = _mm512_and_si512(raw, nibble), odd = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
-            __m512i even_high = _mm512_shuffle_epi8(high_table, even), even_low = _mm512_shuffle_epi8(low_table, even);
-            __m512i odd_high = _mm512_shuffle_epi8(high_table, odd), odd_low = _mm512_shuffle_epi8(low_table, odd);
-            __m512bh w[4] = {
-                (__m512bh)_mm512_unpacklo_epi8(even_low, even_high), (__m512bh)_mm512_unpackhi_epi8(even_low, even_high),
-                (__m512bh)_mm512_unpacklo_epi8(odd_low, odd_high), (__m512bh)_mm512_unpackhi_epi8(odd_low, odd_high),
+            __m512bh w[4] = { /* 16-bit lane j holds columns 4j..4j+3: nibble v is column 4j+v */
+                (__m512bh)_mm512_permutexvar_epi16(raw, table),
+                (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(raw, 4), table),
+                (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(raw, 8), table),
+                (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(raw, 12), table),
             };
             __m512 s = _mm512_permutexvar_ps(_mm512_add_epi32(block_of_lane, _mm512_set1_epi32((int)(UNIT_BLOCKS * (u - first)))), scale);
             for (int i = 0; i < n; i++) {
