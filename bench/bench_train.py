@@ -8,8 +8,8 @@ copied in, so their first losses agree) and trained by the same step: forward, c
 backward, global-norm clipping, the trainer's AdamW (gptoss.train.optim.adamw), zero_grad. Only the
 model differs. HF runs its default attention (sdpa) and use_cache=False, as one trains with it.
 
-The machine is shared and noisy, so the two models alternate: each round times a few steps of one,
-then of the other (the order flips every round); the table gives the median step of each.
+The machine is shared and noisy, so the models alternate: each round times a few steps of each in
+turn (the order flips every round); the table gives the median step of each.
 The gpt-oss-tiny row compares two of our own models of the same width (d_model 128, 4 layers)
 and the same step: `tiny` (GPT-2: LayerNorm, learned positions, multi-head, dense GELU MLP) and
 `gpt-oss-tiny` (RMSNorm, RoPE, grouped-query attention with sinks, sliding window on even layers,
@@ -197,7 +197,7 @@ def measure_peaks() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--rounds", type=int, default=6, help="alternations of the two models (default: 6)")
+    parser.add_argument("--rounds", type=int, default=6, help="alternations of the models (default: 6)")
     parser.add_argument("--precision", choices=list(PEAK_DTYPES), help="for every config (default: each its own)")
     parser.add_argument("--compile", nargs="+", default=[], choices=["gptoss", "transformers"],
                         help="add rows: these models through torch.compile (see doc)")  # fmt: skip
