@@ -1,21 +1,28 @@
 """Training speed: our GPT against transformers' GPT2LMHeadModel, and gpt-oss-tiny against tiny.
 
     flock /tmp/gptoss-bench.lock .venv/bin/python bench/bench_train.py [--configs char gpt2-small gpt-oss-tiny] [--rounds 6]
-        [--precision fp32|bf16]
+        [--precision fp32|bf16] [--compile gptoss [transformers]]
 
 Both models are built from one GPTConfig (the HF one through gptoss.hf, with our initial weights
 copied in, so their first losses agree) and trained by the same step: forward, cross-entropy,
 backward, global-norm clipping, the trainer's AdamW (gptoss.train.optim.adamw), zero_grad. Only the
 model differs. HF runs its default attention (sdpa) and use_cache=False, as one trains with it.
 
-The machine is shared and noisy, so the two models alternate: each round times a few steps of one,
-then of the other (the order flips every round); the table gives the median step of each.
+The machine is shared and noisy, so the models alternate: each round times a few steps of each in
+turn (the order flips every round); the table gives the median step of each.
 The gpt-oss-tiny row compares two of our own models of the same width (d_model 128, 4 layers)
 and the same step: `tiny` (GPT-2: LayerNorm, learned positions, multi-head, dense GELU MLP) and
 `gpt-oss-tiny` (RMSNorm, RoPE, grouped-query attention with sinks, sliding window on even layers,
 top-2 of 8 experts); its "speedup" is gpt-oss-tiny's tokens/s over tiny's.
 Each config has its own precision (gpt-oss-tiny: bf16); --precision runs every chosen config in
 fp32 or bf16 instead (fp32 is the fair comparison on a CPU without fast bf16 matrix products).
+
+--compile adds rows: a copy of each named model (gptoss: our model, in gpt-oss-tiny's config both
+of ours; transformers) whose forward and loss run through torch.compile, as the trainer's
+compile = true does, timed in the same alternation (its speedup is over the same eager reference).
+Backward runs the compiled backward graph; clipping and the optimizer step stay eager. Before the
+timed rounds every model takes two warm-up steps, which is where compilation happens (the second
+catches a recompile); the table's "first step" is the first one's time: compilation and one step.
 
 Model FLOPs utilisation counts 6 FLOPs per weight-matrix parameter a token uses (forward +
 backward, the unembedding included; for a mixture of experts the k experts it is routed to and the
@@ -28,6 +35,7 @@ higher reading counts, since other jobs only ever slow it down).
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import time
@@ -72,7 +80,7 @@ def flops_per_token(config: GPTConfig, seq_len: int) -> float:
 
 
 def build_models(config: GPTConfig) -> dict:
-    """{name: (model, config, loss function)}: ours and transformers', with identical weights."""
+    """{name: (model, config, loss function(model, x, y))}: ours and transformers', with identical weights."""
     torch.manual_seed(0)
     ours = GPT(config).train()
     hf_config = GPT2Config(**config_to_hf_gpt2(config), use_cache=False, bos_token_id=None, eos_token_id=None)
@@ -80,34 +88,53 @@ def build_models(config: GPTConfig) -> dict:
     missing, unexpected = hf.load_state_dict(gpt2_state_to_hf(ours.state_dict()), strict=False)
     assert not unexpected and all(name.endswith("attn.bias") for name in missing), (missing, unexpected)
 
-    def ours_loss(x, y):
-        return ours(x, y)[1]
-
-    def hf_loss(x, y):  # the same loss as ours: mean cross-entropy in fp32 over (x, y) windows
-        logits = hf(input_ids=x).logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
-
     return {"gptoss": (ours, config, ours_loss), "transformers": (hf, config, hf_loss)}
 
 
+def ours_loss(model: GPT, x, y) -> torch.Tensor:
+    """Our model's training loss on (x, y)."""
+    return model(x, y)[1]
+
+
+def hf_loss(model: GPT2LMHeadModel, x, y) -> torch.Tensor:
+    """The same loss as ours for transformers' model: mean cross-entropy in fp32 over (x, y) windows."""
+    logits = model(input_ids=x).logits
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+
+
 def build_architectures(spec: dict) -> dict:
-    """{name: (model, config, loss function)}: two of our presets (spec's preset and its baseline)."""
+    """{name: (model, config, loss function(model, x, y))}: two of our presets (spec's preset and its baseline)."""
     models = {}
     for name in (spec["preset"], spec["baseline"]):
         torch.manual_seed(0)
         config = GPTConfig.preset(name, max_seq_len=max(spec["seq_len"], 256))
         model = GPT(config).train()
-        models[name] = (model, config, lambda x, y, model=model: model(x, y)[1])
+        models[name] = (model, config, ours_loss)
     return models
 
 
-def make_step(model, loss_fn, precision: str):
-    """One training step, identical for both models."""
+def add_compiled(models: dict, names: list[str]) -> tuple[dict, set[str]]:
+    """models and, after them, "<name>, compiled" for each model named (gptoss: all of ours): a
+    copy of it (the same initial weights), to be compiled by make_step; and the set of those names."""
+    chosen = [n for n in models if ("transformers" if n == "transformers" else "gptoss") in names]
+    compiled = {f"{n}, compiled": (copy.deepcopy(models[n][0]), *models[n][1:]) for n in chosen}
+    return {**models, **compiled}, set(compiled)
+
+
+def make_step(model, loss_fn, precision: str, compile: bool = False):
+    """One training step, identical for every model: loss_fn(model, x, y) (through torch.compile if
+    `compile`), backward, clipping, AdamW."""
     optimizer = adamw(model, 6e-4, 0.1, fused=True)
+
+    def loss_of(x, y):
+        return loss_fn(model, x, y)
+
+    if compile:
+        loss_of = torch.compile(loss_of)
 
     def step(x, y) -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = loss_fn(x, y)
+            loss = loss_of(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -117,23 +144,29 @@ def make_step(model, loss_fn, precision: str):
     return step
 
 
-def run_config(name: str, rounds: int, tokens, precision: str | None = None) -> dict:
+def run_config(name: str, rounds: int, tokens, precision: str | None = None, compile: list[str] = ()) -> dict:
     """Median step time of each model, measured alternately, and the derived figures (MFU as a
     fraction of the peak: filled in by main, which measures it). precision: fp32 or bf16 in place
-    of the config's own."""
+    of the config's own; compile: the models to add compiled copies of (add_compiled)."""
     spec = dict(CONFIGS[name], precision=precision or CONFIGS[name]["precision"])
     if "preset" in spec:
         models = build_architectures(spec)
     else:
         models = build_models(GPTConfig(**spec["model"], max_seq_len=max(spec["seq_len"], 256), dropout=0.0))
-    steps = {n: make_step(model, loss_fn, spec["precision"]) for n, (model, _, loss_fn) in models.items()}
+    models, compiled = add_compiled(models, compile)
+    steps = {n: make_step(model, loss_fn, spec["precision"], n in compiled) for n, (model, _, loss_fn) in models.items()}
     vocab_size = min(config.vocab_size for _, config, _ in models.values())
     generator = torch.Generator().manual_seed(0)
     batches = [random_batch(tokens % vocab_size, spec["batch"], spec["seq_len"], generator) for _ in range(8)]
 
-    first = {n: step(*batches[0]) for n, step in steps.items()}  # also the warm-up step
-    if "transformers" in first:  # same model, same data: the same first loss
-        assert math.isclose(first["gptoss"], first["transformers"], rel_tol=2e-2), first
+    first, first_step_s = {}, {}
+    for n, step in steps.items():  # the warm-up: compilation, if any, happens here
+        tic = time.perf_counter()
+        first[n] = step(*batches[0])
+        first_step_s[n] = time.perf_counter() - tic
+        step(*batches[1])  # a recompile, if any, happens here too
+    if "transformers" in first:  # same weights, same data: the same first loss
+        assert all(math.isclose(first["gptoss"], loss, rel_tol=2e-2) for loss in first.values()), first
     times = {n: [] for n in steps}
     for r in range(rounds):
         order = list(steps) if r % 2 == 0 else list(reversed(steps))
@@ -144,15 +177,15 @@ def run_config(name: str, rounds: int, tokens, precision: str | None = None) -> 
                 steps[n](x, y)
                 times[n].append(time.perf_counter() - tic)
     tokens_per_step = spec["batch"] * spec["seq_len"]
-    result = {"name": name, "precision": spec["precision"], "models": list(models)}
+    result = {"name": name, "precision": spec["precision"], "models": list(models), "first_step_s": first_step_s}
     for n, ts in times.items():
         model, config, _ = models[n]
         step_s = statistics.median(ts)
         gflops = flops_per_token(config, spec["seq_len"]) * tokens_per_step / step_s / 1e9
         result[n] = {"step_ms": step_s * 1e3, "tokens_per_s": tokens_per_step / step_s, "gflops": gflops,
                      "params": sum(p.numel() for p in model.parameters())}  # fmt: skip
-    first, second = result["models"]  # ours (or the gpt-oss preset) first, its reference second
-    result["speedup"] = result[second]["step_ms"] / result[first]["step_ms"]
+    reference = result["models"][1]  # ours (or the gpt-oss preset) first, its eager reference second
+    result["speedup"] = {n: result[reference]["step_ms"] / result[n]["step_ms"] for n in result["models"]}
     return result
 
 
@@ -164,8 +197,10 @@ def measure_peaks() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--rounds", type=int, default=6, help="alternations of the two models (default: 6)")
+    parser.add_argument("--rounds", type=int, default=6, help="alternations of the models (default: 6)")
     parser.add_argument("--precision", choices=list(PEAK_DTYPES), help="for every config (default: each its own)")
+    parser.add_argument("--compile", nargs="+", default=[], choices=["gptoss", "transformers"],
+                        help="add rows: these models through torch.compile (see doc)")  # fmt: skip
     args = parser.parse_args()
     # training text: Tiny Shakespeare's bytes stand in for token ids (speed does not depend on them)
     from gptoss.data.corpora import shakespeare_path
@@ -175,18 +210,20 @@ def main() -> None:
     peaks = measure_peaks()
     print(f"measured at the start: matmul 2048^3 fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
           f"read bandwidth {read_bandwidth() / 1e9:.1f} GB/s\n", flush=True)  # fmt: skip
-    results = [run_config(name, args.rounds, tokens, args.precision) for name in args.configs]
+    results = [run_config(name, args.rounds, tokens, args.precision, args.compile) for name in args.configs]
     at_end = measure_peaks()
     peaks = {precision: max(peaks[precision], at_end[precision]) for precision in peaks}
-    print("| config | precision | params | model | step (ms) | tokens/s | GFLOP/s | MFU (of measured peak) | speedup |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| config | precision | params | model | first step (s) | step (ms) | tokens/s | GFLOP/s "
+          "| MFU (of measured peak) | speedup |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         for i, n in enumerate(r["models"]):
             m = r[n]
-            speedup = f"**{r['speedup']:.2f}x**" if i == 0 else "1.00x"
+            speedup = "1.00x" if i == 1 else f"**{r['speedup'][n]:.2f}x**"
             mfu = m["gflops"] / peaks[r["precision"]]
-            print(f"| {r['name']} | {r['precision']} | {m['params'] / 1e6:.2f}M | {n} | {m['step_ms']:.1f} | "
-                  f"{m['tokens_per_s']:,.0f} | {m['gflops']:.0f} | {mfu:.0%} | {speedup} |", flush=True)  # fmt: skip
+            print(f"| {r['name']} | {r['precision']} | {m['params'] / 1e6:.2f}M | {n} | {r['first_step_s'][n]:.1f} | "
+                  f"{m['step_ms']:.1f} | {m['tokens_per_s']:,.0f} | {m['gflops']:.0f} | {mfu:.0%} | {speedup} |",
+                  flush=True)  # fmt: skip
     print(f"\npeaks (the higher of the start and end readings): fp32 {peaks['fp32']:.0f} GFLOP/s, "
           f"bf16 {peaks['bf16']:.0f} GFLOP/s")
 

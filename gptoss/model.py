@@ -499,10 +499,12 @@ class GPT(nn.Module):
     def check_input(self, idx: torch.Tensor) -> None:
         """Raise a clear TypeError/ValueError for ids that are not a valid (B, T) integer batch.
 
-        The ids' range is checked here only for CPU tensors: reading an accelerator tensor's values
-        would make every forward pass wait for the device. There, ids are checked where they enter
-        (tokenizers only make valid ids; generate's prompts and train_model's data go through
-        check_id_range), and a bad one fails inside the embedding lookup."""
+        The ids' range is checked here only for CPU tensors outside torch.compile: reading an
+        accelerator tensor's values would make every forward pass wait for the device, and reading
+        any inside a compiled forward would split its graph in three (this check, the targets' and
+        the model between). There, ids are checked where they enter (tokenizers only make valid
+        ids; generate's prompts and train_model's data go through check_id_range), and a bad one
+        fails inside the embedding lookup."""
         if not isinstance(idx, torch.Tensor):
             raise TypeError(f"token ids must be a torch.Tensor of shape (batch, time), got {type(idx).__name__}")
         if idx.dtype not in (torch.long, torch.int32):
@@ -511,7 +513,7 @@ class GPT(nn.Module):
             raise ValueError(f"token ids must have shape (batch, time), got shape {tuple(idx.shape)}")
         if idx.numel() == 0:
             raise ValueError(f"token ids are empty (shape {tuple(idx.shape)}): give at least one token per sequence")
-        if idx.is_cpu:
+        if idx.is_cpu and not torch.compiler.is_compiling():
             self.check_id_range(idx)
 
     def check_targets(self, targets: torch.Tensor, shape) -> None:
@@ -520,7 +522,7 @@ class GPT(nn.Module):
             raise TypeError("targets must be a torch.long (or torch.int32) tensor of next-token ids")
         if tuple(targets.shape) != tuple(shape):
             raise ValueError(f"targets must have the logits' shape {tuple(shape)} (batch, kept positions), got {tuple(targets.shape)}")
-        if targets.is_cpu:  # (see check_input)
+        if targets.is_cpu and not torch.compiler.is_compiling():  # (see check_input)
             self.check_id_range(targets, "target id", -1, "-1 marks a position to ignore (not -100 as in transformers)")
 
     def check_id_range(
