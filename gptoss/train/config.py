@@ -480,6 +480,13 @@ def apply_override(values: dict, assignment: str) -> dict:
     except tomllib.TOMLDecodeError:
         value = raw
     *tables, last = name.strip().split(".")
+    # a key may be written flat (`compile`) or in its table (`hardware.compile`): the override
+    # replaces the key where `values` already holds it, so that a file's [hardware] compile and
+    # `--set compile=true` (`gptoss train --compile`) are one key, not the same key given twice
+    if not tables and last in TABLE_OF and isinstance(values.get(TABLE_OF[last]), dict) and last in values[TABLE_OF[last]]:
+        tables = [TABLE_OF[last]]
+    elif tables == [TABLE_OF.get(last)] and last in values:
+        tables = []
     values = json.loads(json.dumps(values))  # a deep copy
     target = values
     for table in tables:

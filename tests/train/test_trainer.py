@@ -137,6 +137,21 @@ def test_overrides_are_read_as_toml_values():
         apply_override({}, "learning_rate")
 
 
+def test_an_override_replaces_the_key_where_the_file_has_it():
+    # `gptoss train --compile` is `--set compile=true`: on a file whose [hardware] table sets
+    # compile, it replaces that key rather than giving it twice
+    nested = {"hardware": {"compile": False, "device": "cpu"}, "optim": {"learning_rate": 1e-3}}
+    assert apply_override(nested, "compile=true")["hardware"] == {"compile": True, "device": "cpu"}
+    assert TrainConfig.from_dict(apply_override(nested, "compile=true")).hardware.compile is True
+    # and a table-qualified override on an older, flat file replaces its flat key
+    flat = {"learning_rate": 1e-3, "compile": False}
+    assert apply_override(flat, "hardware.compile=true") == {"learning_rate": 1e-3, "compile": True}
+    assert apply_override(flat, "optim.learning_rate=3e-4") == {"learning_rate": 3e-4, "compile": False}
+    for path in sorted((REPO_ROOT / "configs").glob("*.toml")):  # every recipe takes the CLI's --compile and --device
+        values = apply_override(apply_override(read_config_file(path), "compile=true"), "device=cpu")
+        assert TrainConfig.from_dict(values).hardware.compile is True, path.name
+
+
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_example_configs_are_valid(path):
     TrainConfig.from_dict(read_config_file(path))
