@@ -12,9 +12,13 @@ are), written once to --gguf (default DIR.gguf). llama.cpp is built from PyPI's 
 source distribution (docs/inference.md says how); without --llama-bench its rows are left out.
 
 Ours, in a fresh process: GPT.from_pretrained + prepare_for_inference (as `gptoss generate` does),
-then a prompt of --prompt-tokens random ids in one forward pass (prefill tok/s, best of 2), then
---new-tokens greedy steps at batch 1 over the KV cache (decode tok/s), peak RSS (VmHWM, which
-counts the memory-mapped pages being read too). Then, in the same process, --check-tokens greedy
+a warm-up pass, then --repetitions times: a prompt of --prompt-tokens random ids in one forward
+pass (prefill tok/s) and --new-tokens greedy steps at batch 1 over the KV cache (decode tok/s);
+the mean of the repetitions is reported, as llama-bench reports its own (avg_ts), and each
+repetition is listed under the table. With --rounds N, ours and llama-bench run N times each,
+alternated (the order flipping every round: the machine's speed drifts by minutes), and the
+means are over every repetition of every round. Peak RSS: VmHWM, which counts the memory-mapped pages being
+read too. Then, in the same process, --check-tokens greedy
 steps again with the experts switched back to the PyTorch path (decoded to bf16 one at a time,
 ~0.3 tokens/s): how many of the first tokens agree. llama.cpp: `llama-bench -p P -n N -t threads`
 (its tg test decodes from an empty context, ours after the prompt), peak RSS of its process.
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -91,7 +96,7 @@ def greedy(model, prompt: torch.Tensor, steps: int) -> tuple[float, list[int], f
 
 
 @torch.no_grad()
-def worker(checkpoint: str, prompt_tokens: int, new_tokens: int, check_tokens: int) -> dict:
+def worker(checkpoint: str, prompt_tokens: int, new_tokens: int, check_tokens: int, repetitions: int) -> dict:
     from gptoss import GPT
     from gptoss.checkpoints.mxfp4 import PackedExperts
     from gptoss.inference import prepare_for_inference
@@ -102,13 +107,18 @@ def worker(checkpoint: str, prompt_tokens: int, new_tokens: int, check_tokens: i
     load_s = time.perf_counter() - started
     kernel_layers = sum(type(m) is KernelExperts for m in model.modules())
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_tokens), generator=torch.Generator().manual_seed(0))
-    prefill_s, _, _ = greedy(model, prompt, 1)  # the first pass also touches every page once
-    second_prefill_s, tokens, decode_s = greedy(model, prompt, new_tokens)
+    greedy(model, prompt, 1)  # a warm-up pass (as llama-bench's): it also touches every page once
+    runs = [greedy(model, prompt, new_tokens) for _ in range(repetitions)]  # as llama-bench's -r
+    tokens = runs[-1][1]
+    prefill = [prompt_tokens / prefill_s for prefill_s, _, _ in runs]
+    decode = [(new_tokens - 1) / decode_s for _, _, decode_s in runs]
     result = {
         "load_s": load_s,
         "kernel_layers": kernel_layers,
-        "prefill_tok_s": prompt_tokens / min(prefill_s, second_prefill_s),
-        "decode_tok_s": (new_tokens - 1) / decode_s,
+        "prefill_tok_s": statistics.mean(prefill),  # the mean over the repetitions, as llama-bench's avg_ts
+        "decode_tok_s": statistics.mean(decode),
+        "prefill_samples": prefill,
+        "decode_samples": decode,
         "peak_rss": peak_rss(),
         "bytes_per_token": bytes_per_token(model, prompt_tokens + new_tokens / 2),
         "model_bytes": bytes_per_token(model, prompt_tokens / 2, every_expert=True),
@@ -158,8 +168,10 @@ def llama_bench(binary: Path, gguf: Path, threads: int, prompt_tokens: int, new_
     if status != 0:
         raise RuntimeError(f"{' '.join(command)} failed (status {status})")
     rows = json.loads(output)
-    speed = {("prefill" if row["n_prompt"] else "decode"): row["avg_ts"] for row in rows}
-    return {"prefill_tok_s": speed["prefill"], "decode_tok_s": speed["decode"], "peak_rss": usage.ru_maxrss * 1024,
+    speed = {("prefill" if row["n_prompt"] else "decode"): row for row in rows}
+    return {"prefill_tok_s": speed["prefill"]["avg_ts"], "decode_tok_s": speed["decode"]["avg_ts"],
+            "prefill_samples": speed["prefill"].get("samples_ts", []), "decode_samples": speed["decode"].get("samples_ts", []),
+            "peak_rss": usage.ru_maxrss * 1024,
             "build": rows[0].get("build_commit", "?"), "cpu": rows[0].get("cpu_info", "?")}  # fmt: skip
 
 
@@ -194,14 +206,31 @@ def write_20b(directory: Path) -> None:
     write_hf_tokenizer(build_tokenizer("o200k_harmony"), directory, config.max_seq_len)  # llama.cpp's converter needs tokenizer.json
 
 
-def run_worker(args) -> dict:
-    """worker() in a fresh process (its peak RSS its own)."""
+def run_worker(args, check: bool) -> dict:
+    """worker() in a fresh process (its peak RSS its own); check: compare with the PyTorch path too."""
     child = subprocess.run(
         [sys.executable, __file__, "--worker", "--checkpoint", str(args.checkpoint), "--threads", str(args.threads),
-         "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), "--check-tokens", str(args.check_tokens)],
+         "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
+         "--check-tokens", str(args.check_tokens if check else 0), "--repetitions", str(args.repetitions)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def pooled(rounds: list[dict]) -> dict:
+    """One side's measurements over all rounds: the first round's fields, tokens/s the mean of every
+    repetition of every round (each round's repetitions kept in order), peak RSS the largest."""
+    result = dict(rounds[0])
+    for test in ("decode", "prefill"):
+        result[f"{test}_samples"] = [v for r in rounds for v in r[f"{test}_samples"]]
+        result[f"{test}_tok_s"] = statistics.mean(result[f"{test}_samples"])
+    result["peak_rss"] = max(r["peak_rss"] for r in rounds)
+    return result
+
+
+def repetitions_text(side: dict) -> str:
+    """One side's tokens/s in each repetition, decode then prefill."""
+    return "; ".join(f"{test} {', '.join(f'{v:.2f}' for v in side[f'{test}_samples'])}" for test in ("decode", "prefill"))
 
 
 def row(name: str, test: str, tok_s: float, nbytes: int, bandwidth: float, tokens_per_pass: int, rss: int | None) -> str:
@@ -220,13 +249,14 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--check-tokens", type=int, default=16, help="greedy steps compared with the PyTorch path (0: none)")
-    parser.add_argument("--repetitions", type=int, default=2, help="llama-bench's -r")
+    parser.add_argument("--repetitions", type=int, default=2, help="timed runs of each side, their mean reported (llama-bench's -r)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of both sides, alternated (the machine's speed drifts)")
     parser.add_argument("--gpt2", action="store_true", help="also the GPT-2 small rows (see gpt2_rows)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:
-        print(json.dumps(worker(str(args.checkpoint), args.prompt_tokens, args.new_tokens, args.check_tokens)))
+        print(json.dumps(worker(str(args.checkpoint), args.prompt_tokens, args.new_tokens, args.check_tokens, args.repetitions)))
         return
 
     if not (args.checkpoint / "config.json").is_file():
@@ -236,10 +266,17 @@ def main() -> None:
         convert(args.checkpoint, gguf, args.convert)
 
     bandwidth = read_bandwidth()
-    ours = run_worker(args)
-    theirs = None
-    if args.llama_bench:
-        theirs = llama_bench(args.llama_bench, gguf, args.threads, args.prompt_tokens, args.new_tokens, args.repetitions)
+    ours_rounds, theirs_rounds = [], []
+    for round_ in range(args.rounds):  # the two sides alternate, the order flipping every round
+        sides = [("ours", lambda first=not round_: run_worker(args, check=first))]
+        if args.llama_bench:
+            sides.append(("theirs", lambda: llama_bench(args.llama_bench, gguf, args.threads, args.prompt_tokens,
+                                                         args.new_tokens, args.repetitions)))  # fmt: skip
+        for side, measure in sides[:: -1 if round_ % 2 else 1]:
+            (ours_rounds if side == "ours" else theirs_rounds).append(measure())
+        print(f"round {round_ + 1} of {args.rounds} done", file=sys.stderr, flush=True)
+    ours = pooled(ours_rounds)
+    theirs = pooled(theirs_rounds) if theirs_rounds else None
     bandwidth = max(bandwidth, read_bandwidth())
     gpt2 = gpt2_rows(args, bandwidth) if args.gpt2 else []
 
@@ -259,6 +296,7 @@ def main() -> None:
         print(row("llama.cpp", f"prefill (pp{args.prompt_tokens})", theirs["prefill_tok_s"], whole, bandwidth, args.prompt_tokens, theirs["peak_rss"]))
     for line in gpt2:
         print(line)
+    print(f"\nEach repetition, tokens/s: gptoss {repetitions_text(ours)}" + (f"; llama.cpp {repetitions_text(theirs)}" if theirs else ""))
     if "check_tokens" in ours:
         print(f"\nMXFP4 kernel vs the PyTorch path (experts decoded to bf16; {ours['pytorch_path_decode_tok_s']:.2f} "
               f"tokens/s) on the same {ours['positions']} tokens: the same argmax at {ours['same_argmax']} positions, "
