@@ -110,8 +110,8 @@ static inline long split_length(long in_features, int terms) { (void)terms; retu
 
 /* Where input value c goes in its term of a split vector: in the order in which row_dot_body
  * decodes the weights of its unit (c / UNIT). AVX512_BF16, a unit of 4 blocks: 4 vectors of 32,
- * vector v the columns 4j + v of each block (j = 0..7; block q's 8 at 8q..8q+7). Otherwise a pair of blocks: the even columns of both blocks (first
- * block's 16, second's 16), then the odd ones. */
+ * vector v the columns 4j + v of each block (j = 0..7; block q's 8 at 8q..8q+7). Otherwise a pair
+ * of blocks: the even columns of both blocks (first block's 16, second's 16), then the odd ones. */
 static inline long split_position(long c) {
     long block = c / BLOCK, within = c % BLOCK;
 #ifdef MX_BF16_DOT
@@ -186,7 +186,7 @@ static inline __attribute__((always_inline)) void row_dot_body(const uint8_t *bl
         __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(bytes, 23)); /* 2^(s - 127) for s in 1..254 */
         scale = _mm512_mask_mov_ps(scale, _mm512_cmpeq_epi32_mask(bytes, _mm512_setzero_si512()), smallest);
         long last = first + 4 < units ? first + 4 : units;
-#pragma GCC unroll 4
+#pragma GCC unroll 4 /* then each unit's index into the 16 scales is a constant */
         for (long u = first; u < last; u++) {
             const uint8_t *b = blocks + u * UNIT_BLOCKS * BLOCK_BYTES;
             long blocks_in_unit = groups - UNIT_BLOCKS * u < UNIT_BLOCKS ? groups - UNIT_BLOCKS * u : UNIT_BLOCKS;
