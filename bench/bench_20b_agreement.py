@@ -41,14 +41,11 @@ from gptoss.inference.mxfp4_kernel import KernelExperts, use_kernel_experts  # n
 
 
 def set_path(model: GPT, kernel: bool) -> None:
-    """Put every MoE layer of `model` on the kernel path or on the PyTorch path (same buffers)."""
-    if kernel:
-        if use_kernel_experts(model) == 0 and not any(type(m) is KernelExperts for m in model.modules()):
-            raise RuntimeError("the MXFP4 kernel could not be built here (see mxfp4_kernel.library())")
-    else:
-        for module in model.modules():
-            if type(module) is KernelExperts:
-                module.__class__ = PackedExperts
+    """Put every MoE layer of `model` (already through use_kernel_experts) on the kernel path or on
+    the PyTorch path: the class changes, the buffers stay."""
+    for module in model.modules():
+        if isinstance(module, PackedExperts):
+            module.__class__ = KernelExperts if kernel else PackedExperts
 
 
 @torch.no_grad()
@@ -62,6 +59,8 @@ def main() -> None:
     started = time.perf_counter()
     model = GPT.from_pretrained(args.checkpoint, dtype=torch.float32)
     print(f"loaded in fp32 in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    if use_kernel_experts(model) == 0:  # the experts' bytes move into 2 MB pages once, as in prepare_for_inference
+        raise RuntimeError("the MXFP4 kernel could not be built here (see mxfp4_kernel.library())")
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
 
     tokens, seconds, logits = {}, {}, {}

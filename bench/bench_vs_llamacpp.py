@@ -267,13 +267,14 @@ def main() -> None:
 
     bandwidth = read_bandwidth()
     ours_rounds, theirs_rounds = [], []
+    sides = ["ours", "llama.cpp"] if args.llama_bench else ["ours"]
     for round_ in range(args.rounds):  # the two sides alternate, the order flipping every round
-        sides = [("ours", lambda first=not round_: run_worker(args, check=first))]
-        if args.llama_bench:
-            sides.append(("theirs", lambda: llama_bench(args.llama_bench, gguf, args.threads, args.prompt_tokens,
-                                                         args.new_tokens, args.repetitions)))  # fmt: skip
-        for side, measure in sides[:: -1 if round_ % 2 else 1]:
-            (ours_rounds if side == "ours" else theirs_rounds).append(measure())
+        for side in sides[::-1] if round_ % 2 else sides:
+            if side == "ours":
+                ours_rounds.append(run_worker(args, check=round_ == 0))
+            else:
+                theirs_rounds.append(llama_bench(args.llama_bench, gguf, args.threads, args.prompt_tokens,
+                                                 args.new_tokens, args.repetitions))  # fmt: skip
         print(f"round {round_ + 1} of {args.rounds} done", file=sys.stderr, flush=True)
     ours = pooled(ours_rounds)
     theirs = pooled(theirs_rounds) if theirs_rounds else None

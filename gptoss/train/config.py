@@ -483,9 +483,10 @@ def apply_override(values: dict, assignment: str) -> dict:
     # a key may be written flat (`compile`) or in its table (`hardware.compile`): the override
     # replaces the key where `values` already holds it, so that a file's [hardware] compile and
     # `--set compile=true` (`gptoss train --compile`) are one key, not the same key given twice
-    if not tables and last in TABLE_OF and isinstance(values.get(TABLE_OF[last]), dict) and last in values[TABLE_OF[last]]:
-        tables = [TABLE_OF[last]]
-    elif tables == [TABLE_OF.get(last)] and last in values:
+    table = TABLE_OF.get(last)
+    if not tables and isinstance(values.get(table), dict) and last in values[table]:
+        tables = [table]
+    elif tables == [table] and last in values:
         tables = []
     values = json.loads(json.dumps(values))  # a deep copy
     target = values
